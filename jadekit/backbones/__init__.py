@@ -1,0 +1,1 @@
+"""Encoder/decoder backbones: the paper's CNNs and any timm model."""

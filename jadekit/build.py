@@ -1,0 +1,127 @@
+"""Config → objects: resolve plugin names, validate their tables, build the models."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from pydantic import BaseModel, ValidationError
+from torch import nn
+
+from jadekit import registry
+from jadekit.backbones.base import Backbone
+from jadekit.config import METHODS, DataConfig, Method, ModelConfig, Recipe, format_validation_error
+from jadekit.data.base import DatasetAdapter, DatasetInfo
+from jadekit.engine.models import Classifier, Jade, PairedClassifier, SingleClassifier
+from jadekit.errors import JadekitError, RecipeError
+
+DOMAINS = ("primary", "auxiliary")
+
+
+@dataclass(frozen=True)
+class DomainSpec:
+    """One dataset of the pair, resolved: adapter, its validated params, and what it declares."""
+
+    name: str
+    adapter: DatasetAdapter
+    params: BaseModel
+    info: DatasetInfo  # image_shape already reflects the recipe's `resize`
+    backbone_name: str
+    backbone: Backbone
+    backbone_params: BaseModel
+
+
+@dataclass(frozen=True)
+class Resolved:
+    """Everything a recipe names, loaded and validated; no tensors yet."""
+
+    recipe: Recipe
+    primary: DomainSpec
+    auxiliary: DomainSpec
+
+    @property
+    def class_names(self) -> tuple[str, ...]:
+        return self.primary.info.class_names
+
+
+def _params(model: type[BaseModel], raw: dict[str, Any], path: str, problems: list[str]) -> BaseModel | None:
+    try:
+        return model.model_validate(raw)
+    except ValidationError as e:
+        problems.extend(format_validation_error(e, prefix=path))
+        return None
+
+
+def _load(reg: registry.Registry, name: str, path: str, problems: list[str]) -> Any:
+    try:
+        return reg.load(name)
+    except JadekitError as e:
+        problems.append(f"{path}: {e}")
+        return None
+
+
+def _domain(domain: str, data: DataConfig, model: ModelConfig, problems: list[str]) -> DomainSpec | None:
+    adapter = _load(registry.datasets, data.dataset, f"{domain}.dataset", problems)
+    bb_cfg = model.primary_backbone if domain == "primary" else model.auxiliary_backbone
+    bb_path = f"model.{domain}_backbone"
+    backbone = _load(registry.backbones, bb_cfg.name, f"{bb_path}.name", problems)
+    params = _params(adapter.Params, data.params, f"{domain}.params", problems) if adapter else None
+    bb_params = _params(backbone.Params, bb_cfg.params, f"{bb_path}.params", problems) if backbone else None
+    if params is None or bb_params is None:
+        return None
+    try:
+        info = adapter.info(params)
+    except Exception as e:
+        problems.append(f"{domain}.dataset: '{data.dataset}' failed to describe itself: {e}")
+        return None
+    if data.resize is not None:
+        info = DatasetInfo(info.class_names, (info.image_shape[0], *data.resize))
+    return DomainSpec(data.dataset, adapter, params, info, bb_cfg.name, backbone, bb_params)
+
+
+def resolve(recipe: Recipe, source: str | None = None) -> Resolved:
+    """Resolve every plugin name and validate every plugin table, reporting all problems at once."""
+    problems: list[str] = []
+    specs = {d: _domain(d, getattr(recipe, d), recipe.model, problems) for d in DOMAINS}
+    p, a = specs["primary"], specs["auxiliary"]
+    if p and a and p.info.class_names != a.info.class_names:
+        problems.append(
+            f"auxiliary.dataset: classes differ: primary '{p.name}' has {list(p.info.class_names)}, "
+            f"auxiliary '{a.name}' has {list(a.info.class_names)}; JADE needs the same classes in the same order"
+        )
+    if problems:
+        raise RecipeError(problems, source=source)
+    return Resolved(recipe, p, a)
+
+
+def build_model(method: Method, resolved: Resolved) -> nn.Module:
+    """Build one of the paper's models from the resolved backbones (fresh weights)."""
+    if method not in METHODS:
+        raise ValueError(f"unknown method {method!r}")
+    m = resolved.recipe.model
+    n_classes = len(resolved.class_names)
+    classifier = Classifier(m.content_dim, list(m.classifier_hidden), n_classes, m.dropout)
+    p, a = resolved.primary, resolved.auxiliary
+    if method == "single":
+        return SingleClassifier(p.backbone.encoder(p.info.image_shape, m.content_dim, p.backbone_params), classifier)
+    if method == "paired":
+        return PairedClassifier(
+            p.backbone.encoder(p.info.image_shape, m.content_dim, p.backbone_params),
+            a.backbone.encoder(a.info.image_shape, m.content_dim, a.backbone_params),
+            classifier,
+        )
+    return Jade(
+        p.backbone.encoder(p.info.image_shape, 2 * m.latent_dim, p.backbone_params),
+        a.backbone.encoder(a.info.image_shape, 2 * m.latent_dim, a.backbone_params),
+        p.backbone.decoder(m.latent_dim, p.info.image_shape, p.backbone_params),
+        a.backbone.decoder(m.latent_dim, a.info.image_shape, a.backbone_params),
+        classifier,
+        m.content_dim,
+    )
+
+
+def parameter_counts(model: nn.Module) -> dict[str, int]:
+    """Parameters of each top-level module (`primary_encoder`, ..., `classifier`) and the total."""
+    counts = {name: sum(p.numel() for p in child.parameters()) for name, child in model.named_children()}
+    counts["total"] = sum(p.numel() for p in model.parameters())
+    return counts

@@ -1,0 +1,167 @@
+"""The `jadekit` command: a thin typer layer over the library; it alone decides how things look."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import signal
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Table
+
+from jadekit.errors import JadekitError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="JADE: borrow strength from a large labelled dataset.")
+plugins_app = typer.Typer(no_args_is_help=True, help="List, check and scaffold plugins.")
+app.add_typer(plugins_app, name="plugins")
+out = Console()
+err = Console(stderr=True)
+
+RecipeArg = Annotated[Path, typer.Argument(help="A TOML recipe, e.g. recipes/smoke.toml.")]
+SetOpt = Annotated[
+    list[str] | None, typer.Option("--set", help="Override a recipe value: --set train.lr=3e-4 (repeatable).")
+]
+
+
+@contextlib.contextmanager
+def user_errors() -> Iterator[None]:
+    """Turn jadekit errors into one clear message and their exit code (no traceback)."""
+    try:
+        yield
+    except JadekitError as e:
+        err.print(f"[bold red]error:[/] {e.message}", highlight=False, soft_wrap=True)
+        if e.hint:
+            err.print(f"[bold]fix:[/] {e.hint}", highlight=False, soft_wrap=True)
+        raise typer.Exit(e.exit_code) from None
+
+
+def _load(recipe: Path, overrides: list[str] | None):
+    from jadekit.build import resolve
+    from jadekit.config import load_recipe
+
+    r = load_recipe(recipe, overrides or [])
+    return resolve(r, source=str(recipe))
+
+
+@app.command()
+def check(recipe: RecipeArg, set_: SetOpt = None) -> None:
+    """Validate a recipe and resolve every plugin it names, printing all problems at once."""
+    with user_errors():
+        resolved = _load(recipe, set_)
+    r = resolved.recipe
+    out.print(f"[green]ok[/] {recipe}: {r.experiment.name}: methods {', '.join(r.experiment.methods)}, "
+              f"seeds {r.experiment.seeds}; primary {resolved.primary.name} {resolved.primary.info.image_shape}, "
+              f"auxiliary {resolved.auxiliary.name} {resolved.auxiliary.info.image_shape}, "
+              f"{len(resolved.class_names)} classes", highlight=False)
+
+
+@app.command()
+def describe(
+    recipe: RecipeArg,
+    set_: SetOpt = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Parameter count of each module of each method of a recipe."""
+    from jadekit.build import build_model, parameter_counts
+
+    with user_errors():
+        resolved = _load(recipe, set_)
+        counts = {m: parameter_counts(build_model(m, resolved)) for m in resolved.recipe.experiment.methods}
+    if as_json:
+        print(json.dumps(counts, indent=2))
+        return
+    modules = ["primary_encoder", "auxiliary_encoder", "primary_decoder", "auxiliary_decoder", "classifier", "total"]
+    table = Table("module", *counts, title=f"parameters: {recipe}")
+    for mod in modules:
+        table.add_row(mod, *(f"{c[mod]:,}" if mod in c else "-" for c in counts.values()))
+    out.print(table)
+
+
+class ProgressBar:
+    """A rich progress bar fed by loop events (one task per run)."""
+
+    def __init__(self, progress: Progress, method: str, seed: int, steps: int) -> None:
+        self.progress = progress
+        self.task = progress.add_task(f"{method} seed {seed}", total=steps, info="")
+        self.val = ""
+
+    def on_log(self, step: int, terms: dict[str, float]) -> None:
+        self.progress.update(self.task, completed=step, info=f"loss {terms['total']:.3f}{self.val}")
+
+    def on_validate(self, step: int, metrics: dict[str, float], improved: bool) -> None:
+        self.val = f"  val acc {metrics['accuracy']:.3f}"
+
+    def on_checkpoint(self, state) -> None:
+        pass
+
+
+@app.command()
+def run(
+    recipe: RecipeArg,
+    set_: SetOpt = None,
+    resume: Annotated[bool, typer.Option(help="Continue unfinished runs, even if the recipe changed.")] = False,
+    force: Annotated[bool, typer.Option(help="Discard existing runs in the output directory.")] = False,
+) -> None:
+    """Train every method x seed of a recipe and write run directories and the summary."""
+    from jadekit.runner import RunEvents, run_recipe
+    from jadekit.summary import summarize, to_markdown
+
+    stop = {"requested": False}
+
+    def on_sigint(signum, frame) -> None:
+        if stop["requested"]:
+            raise KeyboardInterrupt
+        stop["requested"] = True
+        err.print("[yellow]stopping after this step (Ctrl-C again to abort without a checkpoint)…[/]")
+
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
+               TimeElapsedColumn(), TimeRemainingColumn())
+    with user_errors():
+        resolved = _load(recipe, set_)
+        previous = signal.signal(signal.SIGINT, on_sigint)
+        try:
+            with Progress(*columns, console=err, transient=False) as progress:
+                events = RunEvents(
+                    callbacks_for=lambda m, s, steps: [ProgressBar(progress, m, s, steps)],
+                    on_skip=lambda m, s, f: progress.console.print(f"{m} seed {s}: finished earlier, skipped"),
+                    on_done=lambda m, s, f: progress.console.print(
+                        f"{m} seed {s}: primary test error {f['primary_test_error']:.2f}%"
+                        + (f", auxiliary {f['auxiliary_test_error']:.2f}%" if f["auxiliary_test_error"] is not None else "")
+                    ),
+                )
+                finals = run_recipe(resolved, resume=resume, force=force, events=events,
+                                    stop_requested=lambda: stop["requested"])
+        finally:
+            signal.signal(signal.SIGINT, previous)
+    out.print(to_markdown(summarize(finals), resolved.recipe.experiment.name), highlight=False)
+    out.print(f"written to {resolved.recipe.experiment.output_dir}", highlight=False)
+
+
+@plugins_app.command("list")
+def plugins_list(as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False) -> None:
+    """Every dataset and backbone with its providing distribution (imports no plugin code)."""
+    from jadekit.registry import backbones, datasets
+
+    rows = [
+        {"kind": reg.kind, "name": name, "distribution": p.distribution, "version": p.version, "conflict": len(ps) > 1}
+        for reg in (datasets, backbones)
+        for name, ps in reg.infos().items()
+        for p in ps
+    ]
+    if as_json:
+        print(json.dumps(rows, indent=2))
+        return
+    table = Table("kind", "name", "distribution", "version", title="jadekit plugins")
+    for r in rows:
+        table.add_row(r["kind"], r["name"] + (" [red](conflict)[/]" if r["conflict"] else ""), r["distribution"], r["version"])
+    out.print(table)
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app()

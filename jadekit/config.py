@@ -1,0 +1,224 @@
+"""Recipe → config: strict, frozen pydantic models of a TOML recipe, with `--set` overrides."""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    NonNegativeFloat,
+    NonNegativeInt,
+    PositiveInt,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from jadekit.errors import RecipeError
+
+Method = Literal["single", "paired", "jade"]
+METHODS: tuple[Method, ...] = ("single", "paired", "jade")
+
+
+class Strict(BaseModel):
+    """Base of every recipe table: unknown keys are errors, values are immutable."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ExperimentConfig(Strict):
+    """What to run and where to write it."""
+
+    name: str = Field(min_length=1, description="Experiment name, used in reports.")
+    methods: list[Method] = Field(min_length=1, description="Methods to run: single, paired, jade.")
+    seeds: list[NonNegativeInt] = Field(min_length=1, description="One run per method and seed.")
+    output_dir: Path = Field(Path("runs"), description="Run directories go under this folder.")
+
+    @field_validator("methods", "seeds")
+    @classmethod
+    def _unique(cls, v: list) -> list:
+        if len(set(v)) != len(v):
+            raise ValueError("entries must be unique")
+        return v
+
+
+class DataConfig(Strict):
+    """One dataset of the pair (the `[primary]` or `[auxiliary]` table)."""
+
+    dataset: str = Field(min_length=1, description="Registered dataset name (see `jadekit plugins list`).")
+    root: Path | None = Field(None, description="Data root; else $JADEKIT_DATA, else ~/.cache/jadekit.")
+    download: bool = Field(True, description="Download missing files with torchvision's downloader.")
+    labels_per_class: PositiveInt | None = Field(
+        None, description="Labelled samples drawn per class (stratified, seeded); all when unset."
+    )
+    limit: PositiveInt | None = Field(None, description="Cap on labelled samples drawn (stratified); all when unset.")
+    val_share: float = Field(0.0, ge=0.0, lt=1.0, description="Share of the labelled subset kept for validation.")
+    resize: tuple[PositiveInt, PositiveInt] | None = Field(None, description="Resize images to [H, W] on load.")
+    params: dict[str, Any] = Field(default_factory=dict, description="Adapter-specific parameters.")
+
+    def data_root(self) -> Path:
+        """The data root this table resolves to."""
+        if self.root is not None:
+            return self.root.expanduser()
+        env = os.environ.get("JADEKIT_DATA")
+        return Path(env).expanduser() if env else Path("~/.cache/jadekit").expanduser()
+
+
+class BackboneConfig(Strict):
+    """An encoder/decoder backbone by registered name, with its parameters."""
+
+    name: str = Field(min_length=1, description="Registered backbone name (see `jadekit plugins list`).")
+    params: dict[str, Any] = Field(default_factory=dict, description="Backbone-specific parameters.")
+
+
+class ModelConfig(Strict):
+    """Backbones, latent sizes and the shared classifier."""
+
+    primary_backbone: BackboneConfig
+    auxiliary_backbone: BackboneConfig
+    latent_dim: PositiveInt = Field(20, description="JADE latent size (content + style).")
+    content_dim: PositiveInt = Field(10, description="Content dims fed to the classifier (the bottleneck size).")
+    classifier_hidden: list[PositiveInt] = Field([500, 500, 500], min_length=1, description="MLP hidden sizes.")
+    dropout: float = Field(0.5, ge=0.0, lt=1.0, description="Dropout after each hidden layer of the MLP.")
+
+    @model_validator(mode="after")
+    def _content_fits(self) -> ModelConfig:
+        if self.content_dim >= self.latent_dim:
+            raise ValueError(
+                f"content_dim ({self.content_dim}) must be smaller than latent_dim ({self.latent_dim}): "
+                "the remaining dims hold style"
+            )
+        return self
+
+
+class LossConfig(Strict):
+    """Weights of each loss term and the estimator used to match content posteriors."""
+
+    reconstruction: NonNegativeFloat = Field(1.0, description="Weight of the reconstruction NLL (jade).")
+    classification: NonNegativeFloat = Field(1.0, description="Weight of the cross-entropy (all methods).")
+    kl_prior: NonNegativeFloat = Field(1.0, description="Weight of KL(q(z|x) || N(0, I)) (jade).")
+    kl_match: NonNegativeFloat = Field(1.0, description="Weight of the content-matching KL (jade).")
+    auxiliary: NonNegativeFloat = Field(1.0, description="Weight of every auxiliary-dataset term (paired, jade).")
+    match: Literal["pairwise", "class_moments"] = Field(
+        "pairwise", description="pairwise: mean KL over same-class pairs; class_moments: KL of per-class Gaussians."
+    )
+    likelihood: Literal["bernoulli", "gaussian"] = Field("bernoulli", description="Decoder likelihood.")
+    kl_warmup_steps: NonNegativeInt = Field(0, description="Ramp both KL weights linearly from 0 over these steps.")
+
+
+class TrainConfig(Strict):
+    """Optimisation, evaluation cadence and hardware."""
+
+    steps: PositiveInt = Field(description="Optimizer steps per run.")
+    batch_size: PositiveInt = Field(64, description="Primary samples per step.")
+    auxiliary_batch_size: PositiveInt | None = Field(
+        None, description="Auxiliary samples per step (class-matched to the primary batch); default batch_size."
+    )
+    lr: float = Field(1e-3, gt=0.0, description="Adam learning rate.")
+    weight_decay: NonNegativeFloat = Field(0.0, description="AdamW weight decay.")
+    lr_schedule: Literal["constant", "cosine"] = Field("constant", description="Learning-rate schedule.")
+    eval_every: PositiveInt = Field(250, description="Validate (and keep the best state) every N steps.")
+    checkpoint_every: PositiveInt | None = Field(None, description="Checkpoint every N steps; default eval_every.")
+    device: str = Field("auto", description="auto (CUDA, else MPS, else CPU), cpu, cuda, cuda:N or mps.")
+    precision: Literal["fp32", "bf16"] = Field("fp32", description="bf16 autocast for the forward pass.")
+    compile: bool = Field(False, description="torch.compile the step (GPU runs).")
+    threads: PositiveInt | None = Field(None, description="torch CPU threads; default torch's choice.")
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, v: str) -> str:
+        base = v.split(":")[0]
+        if base not in {"auto", "cpu", "cuda", "mps"} or (":" in v and not v.split(":")[1].isdigit()):
+            raise ValueError(f"unknown device '{v}'; use auto, cpu, cuda, cuda:N or mps")
+        return v
+
+
+class Recipe(Strict):
+    """A whole recipe: one TOML file."""
+
+    experiment: ExperimentConfig
+    primary: DataConfig
+    auxiliary: DataConfig
+    model: ModelConfig
+    loss: LossConfig = LossConfig()
+    train: TrainConfig
+
+
+def format_validation_error(err: ValidationError, prefix: str = "") -> list[str]:
+    """Render pydantic errors as `key.path: message` lines."""
+    lines = []
+    for e in err.errors():
+        loc = ".".join(str(p) for p in (prefix, *e["loc"]) if p != "")
+        msg = e["msg"]
+        if e["type"] == "extra_forbidden":
+            msg = "unknown key (check its spelling; see docs/recipes.md)"
+        lines.append(f"{loc or '(recipe)'}: {msg}")
+    return lines
+
+
+def parse_override(item: str) -> tuple[list[str], Any]:
+    """Split `a.b.c=value` into a key path and a TOML-typed value (bare words stay strings)."""
+    key, sep, raw = item.partition("=")
+    key = key.strip()
+    if not sep or not key or any(not part for part in key.split(".")):
+        raise RecipeError([f"--set {item!r}: expected key.path=value, e.g. train.lr=3e-4"])
+    try:
+        value = tomllib.loads(f"v = {raw.strip()}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = raw.strip()
+    return key.split("."), value
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Return a copy of a raw recipe dict with `--set` overrides applied."""
+    import copy
+
+    out = copy.deepcopy(data)
+    for item in overrides:
+        path, value = parse_override(item)
+        node = out
+        for part in path[:-1]:
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise RecipeError([f"--set {item!r}: '{part}' is not a table"])
+            node = child
+        node[path[-1]] = value
+    return out
+
+
+def read_toml(path: Path) -> dict[str, Any]:
+    """Read a TOML file, turning I/O and syntax errors into a RecipeError."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise RecipeError([f"{path}: no such recipe file"]) from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise RecipeError([f"{path}: cannot read recipe ({e})"]) from None
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise RecipeError([f"{path}: malformed TOML: {e}"]) from None
+
+
+def recipe_from_dict(data: dict[str, Any], source: str | None = None) -> Recipe:
+    """Validate a raw recipe dict, reporting every problem at once."""
+    try:
+        return Recipe.model_validate(data)
+    except ValidationError as e:
+        raise RecipeError(format_validation_error(e), source=source) from None
+
+
+def load_recipe(path: Path, overrides: list[str] | None = None) -> Recipe:
+    """Load, override and validate a recipe file (structure only; plugins are checked by `check`)."""
+    data = apply_overrides(read_toml(path), overrides or [])
+    return recipe_from_dict(data, source=str(path))
+
+
+def recipe_to_dict(recipe: Recipe) -> dict[str, Any]:
+    """A JSON/TOML-safe dict of a recipe (paths as strings, unset values dropped)."""
+    return recipe.model_dump(mode="json", exclude_none=True)

@@ -1,0 +1,1 @@
+"""Dataset adapters (SVHN, MNIST, USPS), labelled-subset splits and batch sampling."""

@@ -1,0 +1,112 @@
+"""File helpers shared by the dataset adapters: find, fetch and decompress data files."""
+
+from __future__ import annotations
+
+import bz2
+import gzip
+import zlib
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from jadekit.errors import DataError
+
+_WAYS_TO_PROVIDE = (
+    "point jadekit at a data root laid out as above, in one of three ways: "
+    'set `root = "..."` in the recipe\'s data table, set the environment variable '
+    "JADEKIT_DATA, or set `download = true` (needs internet)"
+)
+
+
+def missing_files_error(
+    dataset: str, split: str, missing: Sequence[str], cause: str | None = None
+) -> DataError:
+    """The one error raised when a split's files are absent and cannot be downloaded.
+
+    Args:
+        dataset: dataset name as the user knows it, e.g. "MNIST".
+        split: "train" or "test".
+        missing: the expected file paths (or alternatives), one entry per file.
+        cause: short text of the failed download, if one was tried.
+    """
+    lines = "\n".join(f"    {m}" for m in missing)
+    message = f"{dataset} {split} split: data files not found:\n{lines}"
+    if cause:
+        message += f"\n  download failed: {cause}"
+    return DataError(message, hint=_WAYS_TO_PROVIDE)
+
+
+def corrupt_file_error(path: Path, problem: str | Exception) -> DataError:
+    """Error for a data file that exists but cannot be read as what it should be.
+
+    Args:
+        path: the file.
+        problem: what is wrong, or the exception its reader raised.
+    """
+    if isinstance(problem, Exception):
+        problem = _brief(problem)
+    return DataError(
+        f"data file {path} is corrupt or truncated: {problem}",
+        hint=f"delete {path} and download it again (`download = true`) or copy it again",
+    )
+
+
+def require_files(
+    dataset: str,
+    split: str,
+    wanted: Sequence[tuple[Path, ...]],
+    download: bool,
+    fetch: Callable[[], object],
+) -> list[Path]:
+    """Return one existing path per wanted file, downloading once if any is missing.
+
+    Args:
+        dataset: dataset name for error messages.
+        split: split name for error messages.
+        wanted: per file, the paths it may have, in order of preference (e.g. raw, then .gz).
+        download: whether `fetch` may be called when files are missing.
+        fetch: downloads the files into place; any exception it raises means failure.
+
+    Raises:
+        DataError: files are missing and `download` is false or the download failed.
+    """
+    found = _first_existing(wanted)
+    if all(found):
+        return found  # type: ignore[return-value]
+    cause = None
+    if download:
+        try:
+            fetch()
+        except Exception as e:  # offline, checksum mismatch, server down: all mean "no files"
+            cause = _brief(e)
+        found = _first_existing(wanted)
+        if all(found):
+            return found  # type: ignore[return-value]
+        cause = cause or "download finished but the files are still missing"
+    missing = [" or ".join(str(p) for p in alts) for alts, f in zip(wanted, found) if f is None]
+    raise missing_files_error(dataset, split, missing, cause)
+
+
+def read_bytes(path: Path) -> bytes:
+    """Read a file, decompressing it when its name ends in .gz or .bz2.
+
+    Raises:
+        DataError: the file cannot be read or its compressed stream is broken.
+    """
+    try:
+        if path.suffix == ".gz":
+            with gzip.open(path, "rb") as f:
+                return f.read()
+        if path.suffix == ".bz2":
+            return bz2.decompress(path.read_bytes())
+        return path.read_bytes()
+    except (OSError, EOFError, ValueError, zlib.error) as e:  # BadGzipFile is an OSError
+        raise corrupt_file_error(path, e) from e
+
+
+def _first_existing(wanted: Sequence[tuple[Path, ...]]) -> list[Path | None]:
+    return [next((p for p in alts if p.is_file()), None) for alts in wanted]
+
+
+def _brief(e: BaseException, limit: int = 200) -> str:
+    text = (str(e).strip().splitlines() or [type(e).__name__])[0]
+    return text if len(text) <= limit else text[: limit - 3] + "..."

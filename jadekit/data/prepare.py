@@ -1,0 +1,88 @@
+"""Adapters → tensors: load both splits, resize, draw the labelled subset and the validation split."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch.nn import functional as F
+
+from jadekit.config import DataConfig
+from jadekit.data.base import ImageSet, Split
+from jadekit.data.splits import stratified_subset, train_val_split
+from jadekit.errors import DataError, JadekitError, PluginError
+
+
+@dataclass(frozen=True)
+class DomainData:
+    """One dataset ready for training: uint8 images and labels per split, and the drawn indices."""
+
+    train_x: torch.Tensor
+    train_y: torch.Tensor
+    val_x: torch.Tensor
+    val_y: torch.Tensor
+    test_x: torch.Tensor
+    test_y: torch.Tensor
+    class_names: tuple[str, ...]
+    indices: dict[str, list[int]]  # positions in the adapter's train split
+
+    def to(self, device: torch.device) -> DomainData:
+        fields = {k: getattr(self, k).to(device) for k in ("train_x", "train_y", "val_x", "val_y", "test_x", "test_y")}
+        return DomainData(**fields, class_names=self.class_names, indices=self.indices)
+
+
+def resize_images(images: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Resize uint8 images (N, C, H, W) with antialiased bilinear interpolation, in chunks."""
+    if tuple(images.shape[-2:]) == tuple(size):
+        return images
+    out = torch.empty((*images.shape[:2], *size), dtype=torch.uint8)
+    for i in range(0, len(images), 4096):
+        chunk = F.interpolate(images[i : i + 4096].float(), size=size, mode="bilinear", antialias=True)
+        out[i : i + 4096] = chunk.round_().clamp_(0, 255).to(torch.uint8)
+    return out
+
+
+def load_split(name: str, adapter, params, cfg: DataConfig, split: Split, expected_shape) -> ImageSet:
+    """Load one split through its adapter, apply `resize`, and check it against what was declared."""
+    try:
+        data = adapter.load(cfg.data_root(), split, params, cfg.download)
+    except JadekitError:
+        raise
+    except Exception as e:  # a plugin bug must not surface as a traceback
+        raise PluginError(f"dataset '{name}' failed to load its {split} split: {type(e).__name__}: {e}") from None
+    if not isinstance(data, ImageSet):
+        raise PluginError(f"dataset '{name}' returned {type(data).__name__}, expected jadekit.data.base.ImageSet")
+    if cfg.resize is not None:
+        data = ImageSet(resize_images(data.images, cfg.resize), data.labels, data.class_names, data.files, data.groups)
+    if data.image_shape != tuple(expected_shape):
+        raise DataError(
+            f"dataset '{name}' ({split}) returned images of shape {data.image_shape}, "
+            f"but declared {tuple(expected_shape)}",
+            hint="fix the adapter's info(), or set `resize` in the recipe's data table.",
+        )
+    return data
+
+
+def prepare_domain(train: ImageSet, test: ImageSet, cfg: DataConfig, seed: int, what: str) -> DomainData:
+    """Draw the seeded labelled subset of `train` and carve the validation split from it."""
+    g = torch.Generator().manual_seed(seed)
+    picked = stratified_subset(train.labels, cfg.labels_per_class, cfg.limit, g, train.class_names, what)
+    tr, va = train_val_split(picked, train.labels, cfg.val_share, g)
+    return DomainData(
+        train.images[tr], train.labels[tr], train.images[va], train.labels[va], test.images, test.labels,
+        train.class_names, {"train": tr.tolist(), "val": va.tolist()},
+    )
+
+
+def fingerprint(files: tuple[Path, ...]) -> dict[str, dict[str, object]]:
+    """SHA-256 and size of each data file read (recorded in each run's provenance)."""
+    out = {}
+    for f in files:
+        h = hashlib.sha256()
+        with open(f, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                h.update(block)
+        out[str(f)] = {"sha256": h.hexdigest(), "bytes": f.stat().st_size}
+    return out

@@ -1,0 +1,36 @@
+"""Batched, deterministic prediction and the core classification metrics."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from jadekit.engine.models import Domain
+
+
+def to_float(images: torch.Tensor) -> torch.Tensor:
+    """uint8 images → float in [0, 1] (done per batch so datasets stay uint8 in memory)."""
+    return images.float().div_(255.0)
+
+
+@torch.inference_mode()
+def predict_logits(
+    model: nn.Module, images: torch.Tensor, domain: Domain = "primary", batch_size: int = 1024
+) -> torch.Tensor:
+    """Class logits for uint8 images (N, C, H, W), in eval mode, on the images' device."""
+    was_training = model.training
+    model.eval()
+    try:
+        out = [model.logits(to_float(images[i : i + batch_size]), domain) for i in range(0, len(images), batch_size)]
+    finally:
+        model.train(was_training)
+    return torch.cat(out).float() if out else torch.empty(0)
+
+
+def classification_metrics(logits: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
+    """Error (%), accuracy and mean negative log-likelihood of predictions."""
+    labels = labels.to(logits.device)
+    accuracy = (logits.argmax(1) == labels).float().mean().item() if len(labels) else float("nan")
+    nll = F.cross_entropy(logits, labels).item() if len(labels) else float("nan")
+    return {"error": 100.0 * (1.0 - accuracy), "accuracy": accuracy, "nll": nll, "n": len(labels)}

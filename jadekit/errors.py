@@ -1,0 +1,52 @@
+"""User-facing errors: each names the problem and the fix; the CLI maps them to exit codes."""
+
+from __future__ import annotations
+
+
+class JadekitError(Exception):
+    """Base of every error jadekit reports without a traceback.
+
+    Attributes:
+        exit_code: process exit status the CLI uses for this error.
+    """
+
+    exit_code: int = 2
+
+    def __init__(self, message: str, *, hint: str | None = None) -> None:
+        self.message = message
+        self.hint = hint
+        super().__init__(message if hint is None else f"{message}\n  fix: {hint}")
+
+
+class RecipeError(JadekitError):
+    """A recipe (or an override) is malformed; carries every problem found at once."""
+
+    def __init__(self, problems: list[str], *, source: str | None = None) -> None:
+        self.problems = problems
+        where = f" in {source}" if source else ""
+        lines = "\n".join(f"  {p}" for p in problems)
+        super().__init__(f"{len(problems)} problem(s){where}:\n{lines}")
+
+
+class PluginError(JadekitError):
+    """A plugin is unknown, broken on import, duplicated or breaks its contract."""
+
+
+class DataError(JadekitError):
+    """Data files are missing, corrupt, or do not fit the recipe (classes, shapes, counts)."""
+
+
+class RunDirError(JadekitError):
+    """An output or run directory cannot be used as asked (foreign recipe, unwritable, corrupt)."""
+
+
+class TrainingDiverged(JadekitError):
+    """A loss became NaN or infinite; the last good checkpoint is kept."""
+
+    exit_code = 3
+
+
+class Interrupted(JadekitError):
+    """The user pressed Ctrl-C; a checkpoint was written first."""
+
+    exit_code = 130

@@ -1,0 +1,148 @@
+"""Registry → plugins found through entry points, listed without importing, loaded on demand."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from importlib.metadata import EntryPoint, entry_points
+from typing import Generic, TypeVar
+
+from jadekit.errors import PluginError
+
+T = TypeVar("T")
+CORE_DISTRIBUTION = "jadekit"
+DISABLE_ENV = "JADEKIT_DISABLE_PLUGIN_AUTOLOAD"
+
+
+@dataclass(frozen=True)
+class PluginInfo:
+    """One registered name, known from package metadata alone (nothing imported)."""
+
+    name: str
+    value: str  # "module:attribute"
+    distribution: str
+    version: str
+
+    @property
+    def provider(self) -> str:
+        return f"{self.distribution} {self.version}"
+
+
+def _info(ep: EntryPoint) -> PluginInfo:
+    dist = getattr(ep, "dist", None)
+    name = dist.metadata["Name"] if dist is not None else "(unknown distribution)"
+    version = dist.version if dist is not None else "?"
+    return PluginInfo(ep.name, ep.value, name, version)
+
+
+class Registry(Generic[T]):
+    """Named plugins of one kind from one entry-point group.
+
+    Args:
+        group: entry-point group, e.g. `jadekit.datasets`.
+        kind: human name of the kind, e.g. `dataset`.
+        check: validates a loaded object; returns contract violations.
+        discover: returns the group's entry points (injectable for tests).
+    """
+
+    def __init__(
+        self,
+        group: str,
+        kind: str,
+        check: Callable[[object], list[str]],
+        discover: Callable[[str], Iterable[EntryPoint]] | None = None,
+    ) -> None:
+        self.group = group
+        self.kind = kind
+        self._check = check
+        self._discover = discover or (lambda g: entry_points(group=g))
+        self._loaded: dict[str, T] = {}
+
+    def infos(self) -> dict[str, list[PluginInfo]]:
+        """Every registered name with its providers (several = a conflict); imports nothing."""
+        only_core = os.environ.get(DISABLE_ENV, "") not in ("", "0")
+        found: dict[str, list[PluginInfo]] = {}
+        for ep in self._discover(self.group):
+            info = _info(ep)
+            if only_core and info.distribution != CORE_DISTRIBUTION:
+                continue
+            providers = found.setdefault(info.name, [])
+            # The same distribution can be seen twice (e.g. editable + regular metadata).
+            if all((p.distribution, p.value) != (info.distribution, info.value) for p in providers):
+                providers.append(info)
+        return dict(sorted(found.items()))
+
+    def names(self) -> list[str]:
+        return list(self.infos())
+
+    def info(self, name: str) -> PluginInfo:
+        """The single provider of `name`; errors list the available names or both providers."""
+        infos = self.infos()
+        if name not in infos:
+            available = ", ".join(infos) or "(none installed)"
+            raise PluginError(
+                f"unknown {self.kind} '{name}'. Available: {available}.",
+                hint=f"fix the name, or install the plugin that provides it (`jadekit plugins list`).",
+            )
+        providers = infos[name]
+        if len(providers) > 1:
+            both = " and ".join(p.provider for p in providers)
+            raise PluginError(
+                f"{self.kind} '{name}' is registered by {both}.",
+                hint="uninstall one of these distributions.",
+            )
+        return providers[0]
+
+    def load(self, name: str) -> T:
+        """Import and return the plugin object named `name`, checked against its contract."""
+        if name in self._loaded:
+            return self._loaded[name]
+        info = self.info(name)
+        try:
+            obj = EntryPoint(info.name, info.value, self.group).load()
+        except Exception as e:  # a broken plugin must only break runs that name it
+            raise PluginError(
+                f"{self.kind} '{name}' from {info.provider} failed to import: {type(e).__name__}: {e}",
+                hint=f"reinstall or fix {info.distribution}, or pick another {self.kind}.",
+            ) from None
+        if isinstance(obj, type):  # classes are instantiated without arguments
+            try:
+                obj = obj()
+            except Exception as e:
+                raise PluginError(
+                    f"{self.kind} '{name}' from {info.provider} cannot be instantiated: {e}"
+                ) from None
+        problems = self._check(obj)
+        if problems:
+            raise PluginError(
+                f"{self.kind} '{name}' from {info.provider} breaks the {self.kind} contract: "
+                + "; ".join(problems),
+                hint=f"see docs/plugins.md, or run `jadekit plugins check {name}`.",
+            )
+        self._loaded[name] = obj
+        return obj
+
+
+def _has(obj: object, methods: tuple[str, ...]) -> list[str]:
+    from pydantic import BaseModel
+
+    problems = [f"missing method {m}()" for m in methods if not callable(getattr(obj, m, None))]
+    params = getattr(obj, "Params", None)
+    if not (isinstance(params, type) and issubclass(params, BaseModel)):
+        problems.append("missing `Params` (a pydantic BaseModel subclass)")
+    return problems
+
+
+def check_dataset_object(obj: object) -> list[str]:
+    """Structural contract of a dataset adapter (see jadekit.data.base.DatasetAdapter)."""
+    return _has(obj, ("info", "load"))
+
+
+def check_backbone_object(obj: object) -> list[str]:
+    """Structural contract of a backbone (see jadekit.backbones.base.Backbone)."""
+    return _has(obj, ("encoder", "decoder"))
+
+
+datasets: Registry = Registry("jadekit.datasets", "dataset", check_dataset_object)
+backbones: Registry = Registry("jadekit.backbones", "backbone", check_backbone_object)

@@ -1,0 +1,76 @@
+"""Table-1 summaries: test error per method as mean ± std over seeds (md, csv, json)."""
+
+from __future__ import annotations
+
+import csv
+import io
+import statistics
+from collections.abc import Iterable
+from pathlib import Path
+
+from jadekit.io import atomic_write_json, atomic_write_text
+
+ORDER = ("single", "paired", "jade")
+
+
+def mean_std(values: list[float]) -> dict[str, float | int | None]:
+    """Mean, sample standard deviation (0 for one value) and count."""
+    if not values:
+        return {"mean": None, "std": None, "n": 0}
+    std = statistics.stdev(values) if len(values) > 1 else 0.0
+    return {"mean": statistics.fmean(values), "std": std, "n": len(values)}
+
+
+def summarize(finals: Iterable[dict]) -> list[dict]:
+    """One row per method: primary and auxiliary test error (mean, std, n) and the seeds."""
+    by_method: dict[str, list[dict]] = {}
+    for f in finals:
+        by_method.setdefault(f["method"], []).append(f)
+    rows = []
+    for method in sorted(by_method, key=lambda m: (ORDER.index(m) if m in ORDER else len(ORDER), m)):
+        runs = by_method[method]
+        aux = [r["auxiliary_test_error"] for r in runs if r.get("auxiliary_test_error") is not None]
+        rows.append({
+            "method": method,
+            "primary_test_error": mean_std([r["primary_test_error"] for r in runs]),
+            "auxiliary_test_error": mean_std(aux),
+            "seeds": sorted(r["seed"] for r in runs),
+        })
+    return rows
+
+
+def fmt(stat: dict) -> str:
+    """`29.08 ± 0.92` (or `-` when there is nothing to show)."""
+    return "-" if stat["mean"] is None else f"{stat['mean']:.2f} ± {stat['std']:.2f}"
+
+
+def to_markdown(rows: list[dict], title: str) -> str:
+    lines = [
+        f"# {title}: test error (%)",
+        "",
+        "| method | primary test error | auxiliary test error | n |",
+        "| --- | --- | --- | --- |",
+    ]
+    for r in rows:
+        lines.append(f"| {r['method']} | {fmt(r['primary_test_error'])} | {fmt(r['auxiliary_test_error'])} "
+                     f"| {r['primary_test_error']['n']} |")
+    return "\n".join(lines) + "\n"
+
+
+def to_csv(rows: list[dict]) -> str:
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(["method", "primary_error_mean", "primary_error_std", "auxiliary_error_mean", "auxiliary_error_std", "n"])
+    for r in rows:
+        p, a = r["primary_test_error"], r["auxiliary_test_error"]
+        w.writerow([r["method"], p["mean"], p["std"], a["mean"], a["std"], p["n"]])
+    return buf.getvalue()
+
+
+def write_summary(out_dir: Path, finals: Iterable[dict], title: str) -> list[dict]:
+    """Write summary.md, summary.csv and summary.json into `out_dir`; return the rows."""
+    rows = summarize(finals)
+    atomic_write_text(out_dir / "summary.md", to_markdown(rows, title))
+    atomic_write_text(out_dir / "summary.csv", to_csv(rows))
+    atomic_write_json(out_dir / "summary.json", {"title": title, "rows": rows})
+    return rows
