@@ -17,8 +17,6 @@ from rich.table import Table
 from jadekit.errors import JadekitError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="JADE: borrow strength from a large labelled dataset.")
-plugins_app = typer.Typer(no_args_is_help=True, help="List, check and scaffold plugins.")
-app.add_typer(plugins_app, name="plugins")
 out = Console()
 err = Console(stderr=True)
 
@@ -142,24 +140,13 @@ def run(
     out.print(f"written to {resolved.recipe.experiment.output_dir}", highlight=False)
 
 
-@plugins_app.command("list")
-def plugins_list(as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False) -> None:
-    """Every dataset and backbone with its providing distribution (imports no plugin code)."""
-    from jadekit.registry import backbones, datasets
+def _register_subcommands() -> None:
+    from jadekit.commands import plugins
 
-    rows = [
-        {"kind": reg.kind, "name": name, "distribution": p.distribution, "version": p.version, "conflict": len(ps) > 1}
-        for reg in (datasets, backbones)
-        for name, ps in reg.infos().items()
-        for p in ps
-    ]
-    if as_json:
-        print(json.dumps(rows, indent=2))
-        return
-    table = Table("kind", "name", "distribution", "version", title="jadekit plugins")
-    for r in rows:
-        table.add_row(r["kind"], r["name"] + (" [red](conflict)[/]" if r["conflict"] else ""), r["distribution"], r["version"])
-    out.print(table)
+    plugins.register(app)
+
+
+_register_subcommands()
 
 
 def main() -> None:

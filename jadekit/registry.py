@@ -83,7 +83,7 @@ class Registry(Generic[T]):
             available = ", ".join(infos) or "(none installed)"
             raise PluginError(
                 f"unknown {self.kind} '{name}'. Available: {available}.",
-                hint=f"fix the name, or install the plugin that provides it (`jadekit plugins list`).",
+                hint="fix the name, or install the plugin that provides it (`jadekit plugins list`).",
             )
         providers = infos[name]
         if len(providers) > 1:

@@ -1,0 +1,68 @@
+"""Any timm model as the encoder, with a generic upsampling decoder."""
+
+from __future__ import annotations
+
+import math
+from typing import ClassVar
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+from torch import nn
+
+from jadekit.errors import PluginError
+
+
+class TimmParams(BaseModel):
+    """Parameters of the `timm` backbone."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    model_name: str = Field("resnet18", description="Any name `timm.list_models()` knows.")
+    pretrained: bool = Field(False, description="Load timm's pretrained weights (needs internet or a cache).")
+    decoder_channels: list[int] = Field([128, 64, 32], min_length=1, description="Channels of each 2x upsampling stage.")
+
+
+class _Encoder(nn.Module):
+    """timm trunk (pooled features, any input channels) + linear head to `out_dim`."""
+
+    def __init__(self, trunk: nn.Module, in_shape: tuple[int, int, int], out_dim: int) -> None:
+        super().__init__()
+        self.trunk = trunk
+        with torch.no_grad():
+            width = trunk(torch.zeros(1, *in_shape)).flatten(1).shape[1]
+        self.head = nn.Linear(width, out_dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.trunk(x).flatten(1))
+
+
+class Timm:
+    """Encoder from timm (pooled features); decoder: linear → upsample + conv stages → exact size."""
+
+    Params: ClassVar[type[BaseModel]] = TimmParams
+
+    def encoder(self, in_shape: tuple[int, int, int], out_dim: int, params: BaseModel) -> nn.Module:
+        import timm  # imported only when a recipe names this backbone
+
+        p = TimmParams.model_validate(params.model_dump())
+        try:
+            trunk = timm.create_model(p.model_name, pretrained=p.pretrained, num_classes=0, in_chans=in_shape[0])
+        except Exception as e:
+            raise PluginError(
+                f"timm cannot build '{p.model_name}': {e}", hint="pick a name from `timm.list_models()`."
+            ) from None
+        return _Encoder(trunk, in_shape, out_dim)
+
+    def decoder(self, latent_dim: int, out_shape: tuple[int, int, int], params: BaseModel) -> nn.Module:
+        p = TimmParams.model_validate(params.model_dump())
+        c, h, w = out_shape
+        scale = 2 ** len(p.decoder_channels)
+        h0, w0 = max(1, math.ceil(h / scale)), max(1, math.ceil(w / scale))
+        first = p.decoder_channels[0]
+        layers: list[nn.Module] = [nn.Linear(latent_dim, first * h0 * w0), nn.ReLU(inplace=True), nn.Unflatten(1, (first, h0, w0))]
+        channels = first
+        for width in p.decoder_channels:
+            layers += [nn.Upsample(scale_factor=2, mode="nearest"), nn.Conv2d(channels, width, 3, padding=1), nn.ReLU(inplace=True)]
+            channels = width
+        layers += [nn.Upsample(size=(h, w), mode="bilinear", align_corners=False), nn.Conv2d(channels, c, 3, padding=1)]
+        return nn.Sequential(*layers)
