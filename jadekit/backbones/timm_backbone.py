@@ -25,12 +25,10 @@ class TimmParams(BaseModel):
 class _Encoder(nn.Module):
     """timm trunk (pooled features, any input channels) + linear head to `out_dim`."""
 
-    def __init__(self, trunk: nn.Module, in_shape: tuple[int, int, int], out_dim: int) -> None:
+    def __init__(self, trunk: nn.Module, out_dim: int) -> None:
         super().__init__()
         self.trunk = trunk
-        with torch.no_grad():
-            width = trunk(torch.zeros(1, *in_shape)).flatten(1).shape[1]
-        self.head = nn.Linear(width, out_dim)
+        self.head = nn.Linear(trunk.num_features, out_dim)  # timm's pooled feature width
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.trunk(x).flatten(1))
@@ -51,7 +49,7 @@ class Timm:
             raise PluginError(
                 f"timm cannot build '{p.model_name}': {e}", hint="pick a name from `timm.list_models()`."
             ) from None
-        return _Encoder(trunk, in_shape, out_dim)
+        return _Encoder(trunk, out_dim)
 
     def decoder(self, latent_dim: int, out_shape: tuple[int, int, int], params: BaseModel) -> nn.Module:
         p = TimmParams.model_validate(params.model_dump())

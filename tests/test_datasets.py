@@ -1,0 +1,345 @@
+"""Dataset adapters on tiny files written in the real formats, plus the real data when present."""
+
+from __future__ import annotations
+
+import bz2
+import gzip
+import struct
+from pathlib import Path
+
+import numpy as np
+import pytest
+import scipy.io
+import torch
+
+from jadekit.data.base import DIGITS, DatasetAdapter, NoParams
+from jadekit.data.mnist import MNIST
+from jadekit.data.svhn import SVHN
+from jadekit.data.usps import USPS
+from jadekit.errors import DataError
+
+P = NoParams()
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+MNIST_NAMES = {"train": "train", "test": "t10k"}
+
+
+# --- writers for the real file formats -------------------------------------------------------
+
+
+def write_idx(path: Path, array: np.ndarray, compress: bool = False) -> Path:
+    """Write an unsigned-byte IDX file (big-endian dims after magic 0x0000080<ndim>)."""
+    data = struct.pack(f">I{array.ndim}I", 0x0800 | array.ndim, *array.shape)
+    data += array.astype(np.uint8).tobytes()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if compress:
+        path = path.with_name(path.name + ".gz")
+        data = gzip.compress(data)
+    path.write_bytes(data)
+    return path
+
+
+def write_mnist(root: Path, split: str, n: int = 5, compress: bool = False, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    images = rng.integers(0, 256, (n, 28, 28), dtype=np.uint8)
+    labels = rng.integers(0, 10, n, dtype=np.uint8)
+    raw = root / "MNIST" / "raw"
+    prefix = MNIST_NAMES[split]
+    write_idx(raw / f"{prefix}-images-idx3-ubyte", images, compress)
+    write_idx(raw / f"{prefix}-labels-idx1-ubyte", labels, compress)
+    return images, labels
+
+
+def usps_text(labels: np.ndarray, grey: np.ndarray, drop_zeros: bool = False) -> bytes:
+    """libsvm lines `label idx:value ...`; with drop_zeros, entries whose value is 0 are left out."""
+    lines = []
+    for label, row in zip(labels, grey.reshape(len(labels), -1)):
+        values = row / 255 * 2 - 1
+        pairs = [f"{i + 1}:{v:.6f}" for i, v in enumerate(values) if not (drop_zeros and v == 0)]
+        lines.append(" ".join([str(label), *pairs]))
+    return ("\n".join(lines) + "\n").encode()
+
+
+def write_usps(root: Path, split: str, text: bytes) -> Path:
+    path = root / "USPS" / ("usps.bz2" if split == "train" else "usps.t.bz2")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(bz2.compress(text))
+    return path
+
+
+def write_svhn(root: Path, split: str, x: np.ndarray, y: np.ndarray) -> Path:
+    path = root / "SVHN" / f"{split}_32x32.mat"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    scipy.io.savemat(path, {"X": x, "y": y})
+    return path
+
+
+def svhn_arrays(n: int = 4, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    x = rng.integers(0, 256, (32, 32, 3, n), dtype=np.uint8)
+    y = np.array([[10], [1], [9], [10]][:n], dtype=np.uint8)
+    return x, y
+
+
+# --- contract --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("adapter", "shape"), [(MNIST(), (1, 28, 28)), (USPS(), (1, 16, 16)), (SVHN(), (3, 32, 32))]
+)
+def test_info_declares_digits_and_shape(adapter, shape):
+    assert isinstance(adapter, DatasetAdapter)
+    assert adapter.Params is NoParams
+    info = adapter.info(P)
+    assert info.class_names == DIGITS
+    assert info.image_shape == shape
+
+
+# --- MNIST -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("compress", [False, True], ids=["raw", "gz"])
+@pytest.mark.parametrize("split", ["train", "test"])
+def test_mnist_round_trip(tmp_path, split, compress):
+    images, labels = write_mnist(tmp_path, split, compress=compress)
+    s = MNIST().load(tmp_path, split, P, download=False)
+    assert s.images.dtype == torch.uint8 and s.images.shape == (5, 1, 28, 28)
+    assert s.labels.dtype == torch.int64
+    assert np.array_equal(s.images[:, 0].numpy(), images)
+    assert np.array_equal(s.labels.numpy(), labels)
+    assert s.class_names == DIGITS
+    suffix = ".gz" if compress else ""
+    raw = tmp_path / "MNIST" / "raw"
+    prefix = MNIST_NAMES[split]
+    assert s.files == (
+        raw / f"{prefix}-images-idx3-ubyte{suffix}",
+        raw / f"{prefix}-labels-idx1-ubyte{suffix}",
+    )
+
+
+def test_mnist_prefers_uncompressed_when_both_exist(tmp_path):
+    images, _ = write_mnist(tmp_path, "test", seed=1)
+    write_mnist(tmp_path, "test", compress=True, seed=2)
+    s = MNIST().load(tmp_path, "test", P, download=False)
+    assert np.array_equal(s.images[:, 0].numpy(), images)
+    assert all(f.suffix != ".gz" for f in s.files)
+
+
+def test_mnist_truncated_gz_names_file(tmp_path):
+    write_mnist(tmp_path, "train", compress=True)
+    path = tmp_path / "MNIST" / "raw" / "train-images-idx3-ubyte.gz"
+    path.write_bytes(path.read_bytes()[:-20])
+    with pytest.raises(DataError, match="train-images-idx3-ubyte.gz") as err:
+        MNIST().load(tmp_path, "train", P, download=False)
+    assert "download it again" in str(err.value)
+
+
+def test_mnist_garbage_gz_names_file(tmp_path):
+    write_mnist(tmp_path, "train", compress=True)
+    path = tmp_path / "MNIST" / "raw" / "train-labels-idx1-ubyte.gz"
+    path.write_bytes(b"\x1f\x8b" + b"not really gzip" * 10)
+    with pytest.raises(DataError, match="train-labels-idx1-ubyte.gz"):
+        MNIST().load(tmp_path, "train", P, download=False)
+
+
+@pytest.mark.parametrize(
+    ("damage", "match"),
+    [
+        (lambda b: b"\x00\x00\x08\x01" + b[4:], "magic"),  # images file claiming to be 1-d
+        (lambda b: b[:-7], "header announces"),
+        (lambda b: b[:6], "magic|header"),
+    ],
+    ids=["magic", "truncated", "tiny"],
+)
+def test_mnist_bad_idx_names_file(tmp_path, damage, match):
+    write_mnist(tmp_path, "test")
+    path = tmp_path / "MNIST" / "raw" / "t10k-images-idx3-ubyte"
+    path.write_bytes(damage(path.read_bytes()))
+    with pytest.raises(DataError, match=match) as err:
+        MNIST().load(tmp_path, "test", P, download=False)
+    assert str(path) in str(err.value)
+
+
+def test_mnist_label_count_mismatch(tmp_path):
+    write_mnist(tmp_path, "test", n=5)
+    write_idx(tmp_path / "MNIST" / "raw" / "t10k-labels-idx1-ubyte", np.zeros(4, np.uint8))
+    with pytest.raises(DataError, match="4 labels for 5 images"):
+        MNIST().load(tmp_path, "test", P, download=False)
+
+
+# --- USPS ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("drop_zeros", [False, True], ids=["dense", "sparse"])
+def test_usps_round_trip(tmp_path, drop_zeros):
+    rng = np.random.default_rng(0)
+    grey = rng.integers(0, 256, (6, 16, 16), dtype=np.uint8)
+    grey[0, :4] = 128  # 128 is stored as 0.003922; a true 0 value must also read back as 128
+    labels = np.array([1, 10, 3, 10, 5, 7])
+    text = usps_text(labels, grey, drop_zeros=drop_zeros)
+    if drop_zeros:  # value 0 entries (grey 127.5) are absent in sparse files
+        text = b"4 3:1.000000 1:-1.000000\n" + text + b"\n"
+        grey = np.concatenate([np.full((1, 16, 16), 128, np.uint8), grey])
+        grey[0].flat[0], grey[0].flat[2] = 0, 255
+        labels = np.concatenate([[4], labels])
+    path = write_usps(tmp_path, "train", text)
+    s = USPS().load(tmp_path, "train", P, download=False)
+    assert s.images.dtype == torch.uint8 and s.images.shape == (len(labels), 1, 16, 16)
+    assert s.labels.dtype == torch.int64
+    assert np.array_equal(s.images[:, 0].numpy(), grey)
+    assert s.labels.tolist() == (labels - 1).tolist()
+    assert s.files == (path,)
+
+
+def test_usps_clips_and_rounds(tmp_path):
+    write_usps(tmp_path, "test", b"1 1:-1.5 2:1.2 3:0 4:-0.999 5:0.999\n")
+    s = USPS().load(tmp_path, "test", P, download=False)
+    assert s.images[0, 0, 0, :6].tolist() == [0, 255, 128, 0, 255, 128]
+
+
+@pytest.mark.parametrize(
+    ("text", "match"),
+    [
+        (b"", "no samples"),
+        (b"1 1:0.5 2:abc\n", "abc"),
+        (b"1 1:0.5 257:0.1\n", "indices"),
+        (b"1 1:0.5 0.5\n", "label followed by"),
+        (b"11 1:0.5\n", "1-10"),
+    ],
+    ids=["empty", "not-a-number", "index-range", "missing-colon", "label-range"],
+)
+def test_usps_bad_text_names_file(tmp_path, text, match):
+    path = write_usps(tmp_path, "train", text)
+    with pytest.raises(DataError, match=match) as err:
+        USPS().load(tmp_path, "train", P, download=False)
+    assert str(path) in str(err.value)
+
+
+def test_usps_corrupt_bz2_names_file(tmp_path):
+    path = write_usps(tmp_path, "train", b"1 1:0.5\n" * 100)
+    path.write_bytes(path.read_bytes()[:30])
+    with pytest.raises(DataError, match="usps.bz2") as err:
+        USPS().load(tmp_path, "train", P, download=False)
+    assert "download it again" in str(err.value)
+
+
+# --- SVHN ------------------------------------------------------------------------------------
+
+
+def test_svhn_round_trip_and_label_10_is_0(tmp_path):
+    x, y = svhn_arrays()
+    path = write_svhn(tmp_path, "train", x, y)
+    s = SVHN().load(tmp_path, "train", P, download=False)
+    assert s.images.dtype == torch.uint8 and s.images.shape == (4, 3, 32, 32)
+    assert s.images.is_contiguous()
+    assert s.labels.dtype == torch.int64 and s.labels.tolist() == [0, 1, 9, 0]
+    n, c, h, w = 2, 1, 5, 30
+    assert s.images[n, c, h, w] == x[h, w, c, n]
+    assert np.array_equal(s.images.numpy(), x.transpose(3, 2, 0, 1))
+    assert s.files == (path,)
+
+
+@pytest.mark.parametrize(
+    ("contents", "match"),
+    [
+        (None, "test_32x32.mat"),  # not a .mat file at all
+        ({"X": np.zeros((32, 32, 3, 2), np.uint8)}, "variable"),
+        ({"X": np.zeros((28, 28, 1, 2), np.uint8), "y": np.ones((2, 1))}, "not uint8"),
+        ({"X": np.zeros((32, 32, 3, 2), np.uint8), "y": np.ones((3, 1))}, "3 labels"),
+        ({"X": np.zeros((32, 32, 3, 1), np.uint8), "y": np.array([[11]])}, "1-10"),
+    ],
+    ids=["garbage", "missing-y", "shape", "count", "label-range"],
+)
+def test_svhn_bad_mat_names_file(tmp_path, contents, match):
+    path = tmp_path / "SVHN" / "test_32x32.mat"
+    path.parent.mkdir()
+    if contents is None:
+        path.write_bytes(b"MATLAB 5.0 MAT-file" + b"\x00" * 50)
+    else:
+        scipy.io.savemat(path, contents)
+    with pytest.raises(DataError, match=match) as err:
+        SVHN().load(tmp_path, "test", P, download=False)
+    assert str(path) in str(err.value)
+
+
+def test_svhn_truncated_mat_names_file(tmp_path):
+    x, y = svhn_arrays()
+    path = write_svhn(tmp_path, "test", x, y)
+    path.write_bytes(path.read_bytes()[:2000])
+    with pytest.raises(DataError, match="test_32x32.mat"):
+        SVHN().load(tmp_path, "test", P, download=False)
+
+
+# --- missing files and downloads -------------------------------------------------------------
+
+EXPECTED = {
+    "MNIST": ["MNIST/raw/train-images-idx3-ubyte", "MNIST/raw/train-labels-idx1-ubyte"],
+    "USPS": ["USPS/usps.bz2"],
+    "SVHN": ["SVHN/train_32x32.mat"],
+}
+ADAPTERS = {"MNIST": MNIST(), "USPS": USPS(), "SVHN": SVHN()}
+
+
+@pytest.mark.parametrize("name", list(ADAPTERS))
+def test_missing_files_without_download(tmp_path, name):
+    with pytest.raises(DataError, match=f"{name} train split") as err:
+        ADAPTERS[name].load(tmp_path, "train", P, download=False)
+    message = str(err.value)
+    for rel in EXPECTED[name]:
+        assert str(tmp_path / rel) in message
+    assert "JADEKIT_DATA" in message and "root = " in message and "download = true" in message
+    assert "download failed" not in message
+
+
+@pytest.mark.parametrize("name", list(ADAPTERS))
+def test_download_offline_is_one_clear_error(tmp_path, monkeypatch, name):
+    datasets = pytest.importorskip("torchvision.datasets")
+    calls = []
+
+    def offline(root, *args, **kwargs):
+        calls.append((Path(root), kwargs))
+        raise RuntimeError("Error downloading x: <urlopen error [Errno -3] name resolution>")
+
+    monkeypatch.setattr(datasets, name, offline)
+    with pytest.raises(DataError, match="download failed: .*urlopen error") as err:
+        ADAPTERS[name].load(tmp_path, "train", P, download=True)
+    assert "JADEKIT_DATA" in str(err.value)
+    assert str(tmp_path / EXPECTED[name][0]) in str(err.value)
+    # torchvision's own layout: MNIST/raw under the given root; USPS and SVHN in their folder
+    expected_root = tmp_path if name == "MNIST" else tmp_path / name
+    assert calls == [(expected_root, {"train": True} if name != "SVHN" else {"split": "train"})] or (
+        calls[0][0] == expected_root and calls[0][1]["download"] is True
+    )
+
+
+def test_download_then_read_with_own_reader(tmp_path, monkeypatch):
+    datasets = pytest.importorskip("torchvision.datasets")
+    written = {}
+
+    def fake_mnist(root, train, download):
+        assert download and not train
+        written["images"], written["labels"] = write_mnist(Path(root), "test", compress=True)
+
+    monkeypatch.setattr(datasets, "MNIST", fake_mnist)
+    s = MNIST().load(tmp_path, "test", P, download=True)
+    assert np.array_equal(s.images[:, 0].numpy(), written["images"])
+
+
+def test_existing_files_are_not_downloaded(tmp_path, monkeypatch):
+    datasets = pytest.importorskip("torchvision.datasets")
+    monkeypatch.setattr(datasets, "USPS", lambda *a, **k: pytest.fail("download attempted"))
+    write_usps(tmp_path, "test", b"2 1:0.5\n")
+    assert USPS().load(tmp_path, "test", P, download=True).labels.tolist() == [1]
+
+
+# --- the real data ---------------------------------------------------------------------------
+
+
+def test_real_shared_data():
+    if not (SHARED_DATA / "MNIST").is_dir() or not (SHARED_DATA / "USPS").is_dir():
+        pytest.skip(f"real data not found under {SHARED_DATA}")
+    mnist = MNIST().load(SHARED_DATA, "test", P, download=False)
+    assert mnist.images.shape == (10_000, 1, 28, 28)
+    usps = USPS().load(SHARED_DATA, "train", P, download=False)
+    assert usps.images.shape == (7_291, 1, 16, 16)
+    counts = torch.bincount(usps.labels, minlength=10).tolist()
+    assert counts == [1194, 1005, 731, 658, 652, 556, 664, 645, 542, 644]
