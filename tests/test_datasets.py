@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import bz2
 import gzip
+import re
 import struct
 from pathlib import Path
 
@@ -49,12 +50,11 @@ def write_mnist(root: Path, split: str, n: int = 5, compress: bool = False, seed
     return images, labels
 
 
-def usps_text(labels: np.ndarray, grey: np.ndarray, drop_zeros: bool = False) -> bytes:
-    """libsvm lines `label idx:value ...`; with drop_zeros, entries whose value is 0 are left out."""
+def usps_text(labels: np.ndarray, grey: np.ndarray) -> bytes:
+    """Dense libsvm lines `label 1:v1 ... 256:v256` with v = grey / 255 * 2 - 1, six decimals."""
     lines = []
-    for label, row in zip(labels, grey.reshape(len(labels), -1)):
-        values = row / 255 * 2 - 1
-        pairs = [f"{i + 1}:{v:.6f}" for i, v in enumerate(values) if not (drop_zeros and v == 0)]
+    for label, row in zip(labels, grey.reshape(len(labels), -1), strict=True):
+        pairs = [f"{i + 1}:{v / 255 * 2 - 1:.6f}" for i, v in enumerate(row)]
         lines.append(" ".join([str(label), *pairs]))
     return ("\n".join(lines) + "\n").encode()
 
@@ -83,9 +83,7 @@ def svhn_arrays(n: int = 4, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
 # --- contract --------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(
-    ("adapter", "shape"), [(MNIST(), (1, 28, 28)), (USPS(), (1, 16, 16)), (SVHN(), (3, 32, 32))]
-)
+@pytest.mark.parametrize(("adapter", "shape"), [(MNIST(), (1, 28, 28)), (USPS(), (1, 16, 16)), (SVHN(), (3, 32, 32))])
 def test_info_declares_digits_and_shape(adapter, shape):
     assert isinstance(adapter, DatasetAdapter)
     assert adapter.Params is NoParams
@@ -128,7 +126,7 @@ def test_mnist_truncated_gz_names_file(tmp_path):
     write_mnist(tmp_path, "train", compress=True)
     path = tmp_path / "MNIST" / "raw" / "train-images-idx3-ubyte.gz"
     path.write_bytes(path.read_bytes()[:-20])
-    with pytest.raises(DataError, match="train-images-idx3-ubyte.gz") as err:
+    with pytest.raises(DataError, match=re.escape("train-images-idx3-ubyte.gz")) as err:
         MNIST().load(tmp_path, "train", P, download=False)
     assert "download it again" in str(err.value)
 
@@ -137,7 +135,7 @@ def test_mnist_garbage_gz_names_file(tmp_path):
     write_mnist(tmp_path, "train", compress=True)
     path = tmp_path / "MNIST" / "raw" / "train-labels-idx1-ubyte.gz"
     path.write_bytes(b"\x1f\x8b" + b"not really gzip" * 10)
-    with pytest.raises(DataError, match="train-labels-idx1-ubyte.gz"):
+    with pytest.raises(DataError, match=re.escape("train-labels-idx1-ubyte.gz")):
         MNIST().load(tmp_path, "train", P, download=False)
 
 
@@ -169,25 +167,28 @@ def test_mnist_label_count_mismatch(tmp_path):
 # --- USPS ------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("drop_zeros", [False, True], ids=["dense", "sparse"])
-def test_usps_round_trip(tmp_path, drop_zeros):
+def test_usps_round_trip(tmp_path):
     rng = np.random.default_rng(0)
     grey = rng.integers(0, 256, (6, 16, 16), dtype=np.uint8)
-    grey[0, :4] = 128  # 128 is stored as 0.003922; a true 0 value must also read back as 128
     labels = np.array([1, 10, 3, 10, 5, 7])
-    text = usps_text(labels, grey, drop_zeros=drop_zeros)
-    if drop_zeros:  # value 0 entries (grey 127.5) are absent in sparse files
-        text = b"4 3:1.000000 1:-1.000000\n" + text + b"\n"
-        grey = np.concatenate([np.full((1, 16, 16), 128, np.uint8), grey])
-        grey[0].flat[0], grey[0].flat[2] = 0, 255
-        labels = np.concatenate([[4], labels])
-    path = write_usps(tmp_path, "train", text)
+    path = write_usps(tmp_path, "train", usps_text(labels, grey))
     s = USPS().load(tmp_path, "train", P, download=False)
-    assert s.images.dtype == torch.uint8 and s.images.shape == (len(labels), 1, 16, 16)
+    assert s.images.dtype == torch.uint8 and s.images.shape == (6, 1, 16, 16)
     assert s.labels.dtype == torch.int64
     assert np.array_equal(s.images[:, 0].numpy(), grey)
-    assert s.labels.tolist() == (labels - 1).tolist()
+    assert s.labels.tolist() == [0, 9, 2, 9, 4, 6]
     assert s.files == (path,)
+
+
+def test_usps_sparse_lines(tmp_path):
+    # libsvm leaves out zero entries (grey 128 here); order, blank lines and CRLF vary.
+    text = b"4 3:1.0 1:-1\r\n\n10 256:1.000000\n  1\n" + usps_text(np.array([2]), np.zeros(256))
+    write_usps(tmp_path, "test", text)
+    s = USPS().load(tmp_path, "test", P, download=False)
+    expected = np.full((4, 256), 128, np.uint8)
+    expected[0, 0], expected[0, 2], expected[1, 255], expected[3] = 0, 255, 255, 0
+    assert np.array_equal(s.images.reshape(4, 256).numpy(), expected)
+    assert s.labels.tolist() == [3, 9, 0, 1]
 
 
 def test_usps_clips_and_rounds(tmp_path):
@@ -217,7 +218,7 @@ def test_usps_bad_text_names_file(tmp_path, text, match):
 def test_usps_corrupt_bz2_names_file(tmp_path):
     path = write_usps(tmp_path, "train", b"1 1:0.5\n" * 100)
     path.write_bytes(path.read_bytes()[:30])
-    with pytest.raises(DataError, match="usps.bz2") as err:
+    with pytest.raises(DataError, match=re.escape("usps.bz2")) as err:
         USPS().load(tmp_path, "train", P, download=False)
     assert "download it again" in str(err.value)
 
@@ -265,7 +266,7 @@ def test_svhn_truncated_mat_names_file(tmp_path):
     x, y = svhn_arrays()
     path = write_svhn(tmp_path, "test", x, y)
     path.write_bytes(path.read_bytes()[:2000])
-    with pytest.raises(DataError, match="test_32x32.mat"):
+    with pytest.raises(DataError, match=re.escape("test_32x32.mat")):
         SVHN().load(tmp_path, "test", P, download=False)
 
 
@@ -300,15 +301,14 @@ def test_download_offline_is_one_clear_error(tmp_path, monkeypatch, name):
         raise RuntimeError("Error downloading x: <urlopen error [Errno -3] name resolution>")
 
     monkeypatch.setattr(datasets, name, offline)
-    with pytest.raises(DataError, match="download failed: .*urlopen error") as err:
+    with pytest.raises(DataError, match=r"download failed: .*urlopen error") as err:
         ADAPTERS[name].load(tmp_path, "train", P, download=True)
     assert "JADEKIT_DATA" in str(err.value)
     assert str(tmp_path / EXPECTED[name][0]) in str(err.value)
     # torchvision's own layout: MNIST/raw under the given root; USPS and SVHN in their folder
     expected_root = tmp_path if name == "MNIST" else tmp_path / name
-    assert calls == [(expected_root, {"train": True} if name != "SVHN" else {"split": "train"})] or (
-        calls[0][0] == expected_root and calls[0][1]["download"] is True
-    )
+    expected_kwargs = {"split": "train"} if name == "SVHN" else {"train": True}
+    assert calls == [(expected_root, {**expected_kwargs, "download": True})]
 
 
 def test_download_then_read_with_own_reader(tmp_path, monkeypatch):

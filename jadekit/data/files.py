@@ -12,14 +12,12 @@ from jadekit.errors import DataError
 
 _WAYS_TO_PROVIDE = (
     "point jadekit at a data root laid out as above, in one of three ways: "
-    'set `root = "..."` in the recipe\'s data table, set the environment variable '
+    'set `root = "..."` in the recipe\'s [primary] or [auxiliary] table, set the environment variable '
     "JADEKIT_DATA, or set `download = true` (needs internet)"
 )
 
 
-def missing_files_error(
-    dataset: str, split: str, missing: Sequence[str], cause: str | None = None
-) -> DataError:
+def missing_files_error(dataset: str, split: str, missing: Sequence[str], cause: str | None = None) -> DataError:
     """The one error raised when a split's files are absent and cannot be downloaded.
 
     Args:
@@ -82,7 +80,7 @@ def require_files(
         if all(found):
             return found  # type: ignore[return-value]
         cause = cause or "download finished but the files are still missing"
-    missing = [" or ".join(str(p) for p in alts) for alts, f in zip(wanted, found) if f is None]
+    missing = [_alternatives(alts) for alts, f in zip(wanted, found, strict=True) if f is None]
     raise missing_files_error(dataset, split, missing, cause)
 
 
@@ -107,6 +105,11 @@ def _first_existing(wanted: Sequence[tuple[Path, ...]]) -> list[Path | None]:
     return [next((p for p in alts if p.is_file()), None) for alts in wanted]
 
 
-def _brief(e: BaseException, limit: int = 200) -> str:
-    text = (str(e).strip().splitlines() or [type(e).__name__])[0]
+def _alternatives(paths: tuple[Path, ...]) -> str:
+    others = [p.name if p.parent == paths[0].parent else str(p) for p in paths[1:]]
+    return str(paths[0]) + "".join(f" (or {o})" for o in others)
+
+
+def _brief(e: BaseException, limit: int = 300) -> str:
+    text = " ".join(str(e).split()) or type(e).__name__
     return text if len(text) <= limit else text[: limit - 3] + "..."

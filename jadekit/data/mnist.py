@@ -48,9 +48,7 @@ class MNIST:
         if images.shape[1:] != _SHAPE[1:]:
             raise corrupt_file_error(image_file, f"images are {images.shape[1:]}, not 28x28")
         if len(labels) != len(images):
-            raise corrupt_file_error(
-                label_file, f"{len(labels)} labels for {len(images)} images in {image_file.name}"
-            )
+            raise corrupt_file_error(label_file, f"{len(labels)} labels for {len(images)} images in {image_file.name}")
         if len(labels) and labels.max() > 9:
             raise corrupt_file_error(label_file, f"label {labels.max()} is not a digit 0-9")
         return ImageSet(
@@ -76,7 +74,6 @@ def read_idx(path: Path, ndim: int) -> np.ndarray:
     if len(data) != header + math.prod(dims):
         raise corrupt_file_error(
             path,
-            f"header announces shape {dims} ({math.prod(dims)} bytes), "
-            f"file holds {len(data) - header} bytes after it",
+            f"header announces shape {dims} ({math.prod(dims)} bytes), file holds {len(data) - header} bytes after it",
         )
     return np.frombuffer(data, np.uint8, offset=header).reshape(dims).copy()

@@ -92,7 +92,6 @@ def parse_libsvm(text: bytes, n_features: int) -> tuple[np.ndarray, np.ndarray]:
     return labels, features
 
 
-
 def _parse_rectangular(flat: bytes) -> _Parsed | None:
     """Fast path for files whose lines all hold the same number of pairs (USPS is dense)."""
     try:
