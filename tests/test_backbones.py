@@ -1,0 +1,113 @@
+"""Encoders and decoders of every built-in backbone over several image shapes, and exact parameter counts."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from jadekit import registry
+from jadekit.backbones.base import Backbone
+from jadekit.backbones.cnn import CNN, CNNParams, PaperMNIST, PaperSVHN
+from jadekit.backbones.timm_backbone import Timm, TimmParams
+from jadekit.cli import app
+from jadekit.errors import DataError, PluginError
+
+RECIPES = Path(__file__).resolve().parents[1] / "recipes"
+SHAPES = [(3, 32, 32), (1, 28, 28), (1, 16, 16), (3, 17, 23), (2, 9, 30)]
+CNN_PARAMS = CNNParams(filters=[8, 4], pool=[True, False])
+TIMM_PARAMS = TimmParams(model_name="test_efficientnet", decoder_channels=[8, 4])
+
+
+def backbones() -> list[tuple[str, Backbone, object]]:
+    return [
+        ("paper-svhn", PaperSVHN(), PaperSVHN.Params()),
+        ("paper-mnist", PaperMNIST(), PaperMNIST.Params()),
+        ("cnn", CNN(), CNN_PARAMS),
+    ]
+
+
+def test_builtins_are_registered_under_their_names():
+    for name, bb, _ in backbones():
+        assert type(registry.backbones.load(name)) is type(bb)
+    assert type(registry.backbones.load("timm")) is Timm
+
+
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
+@pytest.mark.parametrize(("name", "bb", "params"), backbones(), ids=lambda v: v if isinstance(v, str) else "")
+def test_cnn_encoder_decoder_shapes(name, bb, params, shape):
+    assert isinstance(bb, Backbone)
+    enc, dec = bb.encoder(shape, 12, params), bb.decoder(7, shape, params)
+    x = torch.rand(2, *shape)
+    assert enc(x).shape == (2, 12)
+    assert dec(torch.randn(2, 7)).shape == (2, *shape)
+
+
+@pytest.mark.parametrize("shape", [(3, 32, 32), (1, 13, 19)], ids=lambda s: "x".join(map(str, s)))
+def test_timm_encoder_decoder_shapes(shape):
+    bb = Timm()
+    enc, dec = bb.encoder(shape, 6, TIMM_PARAMS), bb.decoder(5, shape, TIMM_PARAMS)
+    assert enc(torch.rand(2, *shape)).shape == (2, 6)
+    assert dec(torch.randn(2, 5)).shape == (2, *shape)
+
+
+def test_timm_unknown_model_is_a_plugin_error():
+    with pytest.raises(PluginError, match="no-such-net"):
+        Timm().encoder((1, 16, 16), 4, TimmParams(model_name="no-such-net"))
+
+
+def test_paper_svhn_layers_as_in_the_paper():
+    enc = PaperSVHN().encoder((3, 32, 32), 10, PaperSVHN.Params())
+    convs = [m for m in enc.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert [c.out_channels for c in convs] == [64, 96, 64, 8]
+    assert all(c.kernel_size == (3, 3) and c.padding == (1, 1) and c.bias is not None for c in convs)
+    assert sum(isinstance(m, torch.nn.MaxPool2d) for m in enc.modules()) == 3
+    assert not any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in enc.modules())
+
+
+@pytest.mark.parametrize(("bb", "shape", "expected"), [
+    # 1·64·9+64 + 64·96·9+96 + 96·64·9+64 + 64·8·9+8, then linear 8·4·4 → 10
+    (PaperSVHN(), (3, 32, 32), 1792 + 55392 + 55360 + 4616 + (128 * 10 + 10)),
+    # 32·9+32 + 32·32·9+32 + 32·16·9+16, then 28 → 14 → 7 → 3 (floor): linear 16·3·3 → 10
+    (PaperMNIST(), (1, 28, 28), 320 + 9248 + 4624 + (144 * 10 + 10)),
+])
+def test_paper_encoder_parameter_counts(bb, shape, expected):
+    enc = bb.encoder(shape, 10, bb.Params())
+    assert sum(p.numel() for p in enc.parameters()) == expected
+
+
+@pytest.mark.parametrize(("bb", "params", "shape"), [
+    (PaperSVHN(), PaperSVHN.Params(), (3, 4, 32)),
+    (PaperMNIST(), PaperMNIST.Params(), (1, 7, 7)),
+    (CNN(), CNNParams(filters=[4, 4, 4], pool=[True, True, True]), (1, 6, 100)),
+])
+def test_too_small_images_are_a_data_error(bb, params, shape):
+    with pytest.raises(DataError, match="too small"):
+        bb.encoder(shape, 10, params)
+    with pytest.raises(DataError, match="too small"):
+        bb.decoder(10, shape, params)
+
+
+def test_cnn_params_validated():
+    with pytest.raises(ValueError, match="one entry per stage"):
+        CNNParams(filters=[4, 4], pool=[True])
+    with pytest.raises(ValueError, match="positive"):
+        CNNParams(filters=[4, 0], pool=[True, True])
+
+
+def test_describe_svhn_mnist_exact_parameter_counts():
+    res = CliRunner().invoke(app, ["describe", str(RECIPES / "svhn_mnist.toml"), "--json"])
+    assert res.exit_code == 0, res.output
+    counts = json.loads(res.stdout)
+    assert counts["single"]["total"] == 629_960
+    assert counts["paired"]["total"] == 645_602
+    assert set(counts["single"]) == {"primary_encoder", "classifier", "total"}
+    assert set(counts["paired"]) == {"primary_encoder", "auxiliary_encoder", "classifier", "total"}
+    assert set(counts["jade"]) == {"primary_encoder", "auxiliary_encoder", "primary_decoder", "auxiliary_decoder",
+                                   "classifier", "total"}
+    assert counts["single"]["classifier"] == counts["paired"]["classifier"] == counts["jade"]["classifier"] == 511_510
+    for m in counts.values():
+        assert m["total"] == sum(v for k, v in m.items() if k != "total")

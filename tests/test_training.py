@@ -1,0 +1,176 @@
+"""End-to-end: `jadekit run` on tiny USPS/MNIST files in the real formats; the run directory it writes."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from jadekit.cli import app
+from jadekit.config import load_recipe
+
+ROOT = Path(__file__).resolve().parents[1]
+METHODS = ("single", "paired", "jade")
+RUN_FILES = ("recipe.toml", "indices.json", "metrics.jsonl", "checkpoint.pt", "final.json", "provenance.json")
+runner = CliRunner()
+
+
+def run_cli(*args: str):
+    return runner.invoke(app, ["run", *map(str, args)])
+
+
+@pytest.fixture(scope="module")
+def tiny_run(write_tiny_recipe, tmp_path_factory) -> tuple[Path, Path]:
+    """One `jadekit run` of every method on the tiny data: (recipe path, output dir)."""
+    tmp = tmp_path_factory.mktemp("run")
+    recipe = write_tiny_recipe(tmp / "tiny.toml", tmp / "runs")
+    res = run_cli(recipe)
+    assert res.exit_code == 0, res.output
+    return recipe, tmp / "runs"
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_loss_decreases(tiny_run, method):
+    rows = read_jsonl(tiny_run[1] / method / "seed-0" / "metrics.jsonl")
+    totals = [r["total"] for r in rows if r["kind"] == "train"]
+    assert len(totals) == 30
+    first, last = sum(totals[:5]) / 5, sum(totals[-5:]) / 5
+    assert last < 0.95 * first, (first, last)
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_run_directory_files(tiny_run, method):
+    recipe_path, out = tiny_run
+    run = out / method / "seed-0"
+    for name in RUN_FILES:
+        assert (run / name).is_file(), name
+    assert (run / "checkpoint.pt.prev").is_file()  # 30 steps, checkpoint every 10: a predecessor exists
+    # the resolved recipe re-loads to the same recipe
+    assert load_recipe(run / "recipe.toml") == load_recipe(recipe_path)
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_metrics_log_every_term(tiny_run, method):
+    rows = read_jsonl(tiny_run[1] / method / "seed-0" / "metrics.jsonl")
+    train = [r for r in rows if r["kind"] == "train"]
+    assert [r["step"] for r in train] == list(range(1, 31))
+    expected = {"single": {"ce_primary"}, "paired": {"ce_primary", "ce_auxiliary"},
+                "jade": {f"{k}_{d}" for k in ("recon", "ce", "kl") for d in ("primary", "auxiliary")} | {"kl_match"}}
+    assert set(train[0]) == {"step", "kind", "total"} | expected[method]
+    val = [r for r in rows if r["kind"] == "val"]
+    assert [r["step"] for r in val] == [10, 20, 30]
+    assert all({"accuracy", "error", "improved"} <= set(r) for r in val)
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_final_json(tiny_run, method):
+    final = json.loads((tiny_run[1] / method / "seed-0" / "final.json").read_text())
+    assert final["method"] == method and final["seed"] == 0 and final["steps"] == 30
+    assert 0.0 <= final["primary_test_error"] <= 100.0
+    if method == "single":
+        assert final["auxiliary_test_error"] is None
+    else:
+        assert 0.0 <= final["auxiliary_test_error"] <= 100.0
+    assert final["best_step"] in (10, 20, 30)
+    assert final["n_primary"] == {"train": 40, "val": 10, "test": 100}  # 5 per class, a fifth for validation
+    assert final["n_auxiliary"] == {"train": 200, "val": 0, "test": 200}
+    modules = {"single": {"primary_encoder", "classifier"}, "paired": {"primary_encoder", "auxiliary_encoder", "classifier"},
+               "jade": {"primary_encoder", "auxiliary_encoder", "primary_decoder", "auxiliary_decoder", "classifier"}}
+    assert set(final["parameters"]) == modules[method] | {"total"}
+    assert final["steps_per_second"] > 0
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_checkpoint_loads_weights_only(tiny_run, method):
+    ckpt = torch.load(tiny_run[1] / method / "seed-0" / "checkpoint.pt", weights_only=True)
+    assert set(ckpt) >= {"state", "sha256"}
+    state = ckpt["state"]
+    assert set(state) >= {"model", "optimizer", "scheduler", "sampler", "loop", "rng", "recipe"}
+    assert state["loop"]["step"] == 30 and state["loop"]["best_model"] is not None
+    assert state["recipe"]["experiment"]["name"] == "tiny"
+    assert all(isinstance(v, torch.Tensor) for v in state["model"].values())
+
+
+def test_indices_recorded(tiny_run, tiny_data_root):
+    from jadekit.data.base import NoParams
+    from jadekit.data.usps import USPS
+
+    labels = USPS().load(tiny_data_root, "train", NoParams(), download=False).labels
+    for method in METHODS:
+        idx = json.loads((tiny_run[1] / method / "seed-0" / "indices.json").read_text())
+        tr, va = idx["primary"]["train"], idx["primary"]["val"]
+        assert set(tr).isdisjoint(va) and len(tr) == 40 and len(va) == 10
+        assert torch.bincount(labels[tr], minlength=10).tolist() == [4] * 10
+        assert torch.bincount(labels[va], minlength=10).tolist() == [1] * 10
+        assert len(idx["auxiliary"]["train"]) == 200 and idx["auxiliary"]["val"] == []
+    # the same seed draws the same subset for every method
+    drawn = {m: json.loads((tiny_run[1] / m / "seed-0" / "indices.json").read_text()) for m in METHODS}
+    assert drawn["single"] == drawn["paired"] == drawn["jade"]
+
+
+def test_provenance(tiny_run):
+    prov = json.loads((tiny_run[1] / "jade" / "seed-0" / "provenance.json").read_text())
+    assert prov["seed"] == 0 and prov["method"] == "jade" and prov["device"] == "cpu"
+    assert {"python", "torch", "jadekit"} <= set(json.dumps(prov["versions"]).replace('"', " ").split())
+    names = {Path(f).name for f in prov["data_files"]}
+    assert {"usps.bz2", "usps.t.bz2", "train-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"} <= names
+    assert all(len(v["sha256"]) == 64 for v in prov["data_files"].values())
+
+
+def test_summary_files(tiny_run):
+    out = tiny_run[1]
+    assert (out / "jadekit-output.json").is_file()
+    summary = json.loads((out / "summary.json").read_text())
+    rows = {r["method"]: r for r in summary["rows"]}
+    assert list(rows) == list(METHODS)
+    for m in METHODS:
+        final = json.loads((out / m / "seed-0" / "final.json").read_text())
+        assert rows[m]["primary_test_error"]["mean"] == pytest.approx(final["primary_test_error"])
+        assert rows[m]["seeds"] == [0]
+    table = list(csv.DictReader((out / "summary.csv").open()))
+    assert [r["method"] for r in table] == list(METHODS)
+    md = (out / "summary.md").read_text()
+    assert all(f"| {m} |" in md for m in METHODS)
+
+
+def test_same_seed_same_errors(tiny_run, write_tiny_recipe, tmp_path):
+    recipe = write_tiny_recipe(tmp_path / "again.toml", tmp_path / "runs")
+    res = run_cli(recipe)
+    assert res.exit_code == 0, res.output
+    for m in METHODS:
+        a = json.loads((tiny_run[1] / m / "seed-0" / "final.json").read_text())
+        b = json.loads((tmp_path / "runs" / m / "seed-0" / "final.json").read_text())
+        assert (a["primary_test_error"], a["auxiliary_test_error"], a["best_step"]) == (
+            b["primary_test_error"], b["auxiliary_test_error"], b["best_step"])
+
+
+def test_finished_runs_are_skipped(tiny_run):
+    recipe, out = tiny_run
+    before = (out / "jade" / "seed-0" / "final.json").read_text()
+    res = run_cli(recipe)
+    assert res.exit_code == 0, res.output
+    assert "finished earlier, skipped" in res.stderr
+    assert (out / "jade" / "seed-0" / "final.json").read_text() == before
+
+
+def test_missing_svhn_files_exit_2_without_traceback(tmp_path, tiny_data_root, monkeypatch):
+    monkeypatch.setenv("JADEKIT_DATA", str(tiny_data_root))  # the auxiliary MNIST is present: no download
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    res = run_cli(ROOT / "recipes" / "svhn_mnist.toml", "--set", f"primary.root={empty}", "--set", "primary.download=false",
+                  "--set", "auxiliary.download=false", "--set", f"experiment.output_dir={tmp_path / 'runs'}")
+    assert res.exit_code == 2, res.output
+    assert "SVHN train split: data files not found" in res.stderr
+    assert str(empty / "SVHN" / "train_32x32.mat") in res.stderr
+    assert "JADEKIT_DATA" in res.stderr and "download = true" in res.stderr  # the three ways to provide them
+    assert "Traceback" not in res.output
+    assert isinstance(res.exception, SystemExit)  # typer.Exit(2), not an uncaught error
+    assert not (tmp_path / "runs" / "single").exists()
