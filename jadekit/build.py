@@ -3,14 +3,26 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, ValidationError
+import torch
 from torch import nn
 
 from jadekit import registry
 from jadekit.backbones.base import Backbone
-from jadekit.config import METHODS, DataConfig, Method, ModelConfig, Recipe, format_validation_error
+from jadekit.config import (
+    METHODS,
+    DataConfig,
+    Method,
+    ModelConfig,
+    Recipe,
+    apply_overrides,
+    format_validation_error,
+    read_toml,
+    recipe_from_dict,
+)
 from jadekit.data.base import DatasetAdapter, DatasetInfo
 from jadekit.engine.models import Classifier, Jade, PairedClassifier, SingleClassifier
 from jadekit.errors import JadekitError, RecipeError
@@ -94,8 +106,42 @@ def resolve(recipe: Recipe, source: str | None = None) -> Resolved:
     return Resolved(recipe, p, a)
 
 
+def _unknown_names(raw: dict[str, Any]) -> list[str]:
+    """Plugin-name problems found in a raw recipe dict (used when its structure is invalid too)."""
+    problems = []
+    for path, reg in (
+        ("primary.dataset", registry.datasets),
+        ("auxiliary.dataset", registry.datasets),
+        ("model.primary_backbone.name", registry.backbones),
+        ("model.auxiliary_backbone.name", registry.backbones),
+    ):
+        value: Any = raw
+        for part in path.split("."):
+            value = value.get(part) if isinstance(value, dict) else None
+        if isinstance(value, str):
+            try:
+                reg.info(value)
+            except JadekitError as e:
+                problems.append(f"{path}: {e.message}")
+    return problems
+
+
+def load_resolved(path: Path, overrides: list[str] | None = None) -> Resolved:
+    """Read, override, validate and resolve a recipe file, reporting every problem at once."""
+    raw = apply_overrides(read_toml(path), overrides or [])
+    try:
+        recipe = recipe_from_dict(raw, source=str(path))
+    except RecipeError as e:
+        raise RecipeError(e.problems + _unknown_names(raw), source=str(path)) from None
+    return resolve(recipe, source=str(path))
+
+
 def build_model(method: Method, resolved: Resolved) -> nn.Module:
-    """Build one of the paper's models from the resolved backbones (fresh weights)."""
+    """Build one of the paper's models from the resolved backbones (fresh, channels-last weights)."""
+    return _build(method, resolved).to(memory_format=torch.channels_last)
+
+
+def _build(method: Method, resolved: Resolved) -> nn.Module:
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}")
     m = resolved.recipe.model

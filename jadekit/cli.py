@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import signal
 from collections.abc import Iterator
 from pathlib import Path
@@ -11,6 +12,7 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
@@ -26,24 +28,52 @@ SetOpt = Annotated[
 ]
 
 
+DEBUG_ENV = "JADEKIT_DEBUG"
+
+
+def _say(message: str, hint: str | None) -> None:
+    err.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True, markup=True)
+    if hint:
+        err.print(f"[bold]fix:[/] {hint}", highlight=False, soft_wrap=True)
+
+
 @contextlib.contextmanager
 def user_errors() -> Iterator[None]:
-    """Turn jadekit errors into one clear message and their exit code (no traceback)."""
+    """Turn every failure into one clear message and an exit code, never a traceback.
+
+    Exit codes: 2 user error (recipe, data, plugin, output directory, disk), 3 training diverged,
+    130 interrupted, 1 unexpected internal error (set JADEKIT_DEBUG=1 to see its traceback).
+    """
+    import click
+
     try:
         yield
     except JadekitError as e:
-        err.print(f"[bold red]error:[/] {e.message}", highlight=False, soft_wrap=True)
-        if e.hint:
-            err.print(f"[bold]fix:[/] {e.hint}", highlight=False, soft_wrap=True)
+        _say(escape(e.message), escape(e.hint) if e.hint else None)
         raise typer.Exit(e.exit_code) from None
+    except KeyboardInterrupt:
+        _say("aborted by a second Ctrl-C, without writing a checkpoint",
+             "the previous checkpoint is kept; continue with `jadekit run RECIPE --resume`.")
+        raise typer.Exit(130) from None
+    except OSError as e:  # full disk, read-only or vanished directory, permission denied
+        where = f" ({e.filename})" if e.filename else ""
+        _say(escape(f"cannot read or write a file{where}: {e.strerror or e}"),
+             "check free space and permissions of the output directory and data root; completed checkpoints are kept.")
+        raise typer.Exit(2) from None
+    except (click.exceptions.Exit, click.exceptions.ClickException, click.exceptions.Abort):
+        raise
+    except Exception as e:  # a bug in jadekit or in a plugin: say so briefly, keep the traceback for debugging
+        if os.environ.get(DEBUG_ENV, "") not in ("", "0"):
+            raise
+        _say(escape(f"unexpected {type(e).__name__}: {str(e).splitlines()[0][:300] if str(e) else '(no message)'}"),
+             f"this is a bug in jadekit or a plugin; rerun with {DEBUG_ENV}=1 to see the traceback and report it.")
+        raise typer.Exit(1) from None
 
 
 def _load(recipe: Path, overrides: list[str] | None):
-    from jadekit.build import resolve
-    from jadekit.config import load_recipe
+    from jadekit.build import load_resolved
 
-    r = load_recipe(recipe, overrides or [])
-    return resolve(r, source=str(recipe))
+    return load_resolved(recipe, overrides)
 
 
 @app.command()
@@ -111,21 +141,28 @@ def run(
 
     stop = {"requested": False}
 
-    def on_sigint(signum, frame) -> None:
-        if stop["requested"]:
+    def on_signal(signum, frame) -> None:
+        if stop["requested"] and signum == signal.SIGINT:
             raise KeyboardInterrupt
         stop["requested"] = True
         err.print("[yellow]stopping after this step (Ctrl-C again to abort without a checkpoint)…[/]")
+
+    def on_resume(method: str, seed: int, step: int, notes: list[str]) -> None:
+        for note in notes:
+            err.print(f"[yellow]warning:[/] {escape(note)}", highlight=False, soft_wrap=True)
+        err.print(f"{method} seed {seed}: resuming at step {step}", highlight=False)
 
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
                TimeElapsedColumn(), TimeRemainingColumn())
     with user_errors():
         resolved = _load(recipe, set_)
-        previous = signal.signal(signal.SIGINT, on_sigint)
+        handled = (signal.SIGINT, signal.SIGTERM)
+        previous = {s: signal.signal(s, on_signal) for s in handled}
         try:
             with Progress(*columns, console=err, transient=False) as progress:
                 events = RunEvents(
                     callbacks_for=lambda m, s, steps: [ProgressBar(progress, m, s, steps)],
+                    on_resume=on_resume,
                     on_skip=lambda m, s, f: progress.console.print(f"{m} seed {s}: finished earlier, skipped"),
                     on_done=lambda m, s, f: progress.console.print(
                         f"{m} seed {s}: primary test error {f['primary_test_error']:.2f}%"
@@ -135,15 +172,17 @@ def run(
                 finals = run_recipe(resolved, resume=resume, force=force, events=events,
                                     stop_requested=lambda: stop["requested"])
         finally:
-            signal.signal(signal.SIGINT, previous)
+            for s, handler in previous.items():
+                signal.signal(s, handler)
     out.print(to_markdown(summarize(finals), resolved.recipe.experiment.name), highlight=False)
     out.print(f"written to {resolved.recipe.experiment.output_dir}", highlight=False)
 
 
 def _register_subcommands() -> None:
-    from jadekit.commands import plugins
+    from jadekit.commands import evaluate, plugins
 
     plugins.register(app)
+    evaluate.register(app)
 
 
 _register_subcommands()

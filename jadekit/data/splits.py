@@ -7,9 +7,9 @@ import torch
 from jadekit.errors import DataError
 
 
-def _shuffled_by_class(labels: torch.Tensor, generator: torch.Generator) -> list[torch.Tensor]:
-    """Indices of each class, each in a seeded random order."""
-    n_classes = int(labels.max()) + 1 if len(labels) else 0
+def _shuffled_by_class(labels: torch.Tensor, generator: torch.Generator, n_classes: int = 0) -> list[torch.Tensor]:
+    """Indices of each of (at least) `n_classes` classes, each in a seeded random order."""
+    n_classes = max(n_classes, int(labels.max()) + 1 if len(labels) else 0)
     order = torch.randperm(len(labels), generator=generator)
     shuffled = labels[order]
     return [order[shuffled == c] for c in range(n_classes)]
@@ -28,7 +28,7 @@ def stratified_subset(
     The cap keeps class proportions (largest remainders); without either bound, all
     samples are returned in a seeded random order.
     """
-    pools = _shuffled_by_class(labels, generator)
+    pools = _shuffled_by_class(labels, generator, len(class_names))
     if per_class is not None:
         for c, pool in enumerate(pools):
             if len(pool) < per_class:

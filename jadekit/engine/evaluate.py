@@ -10,8 +10,11 @@ from jadekit.engine.models import Domain
 
 
 def to_float(images: torch.Tensor) -> torch.Tensor:
-    """uint8 images → float in [0, 1] (done per batch so datasets stay uint8 in memory)."""
-    return images.float().div_(255.0)
+    """uint8 images → float in [0, 1], channels-last (done per batch; datasets stay uint8 in memory).
+
+    Channels-last lets oneDNN (CPU) and cuDNN (GPU) run the convolutions without layout copies.
+    """
+    return images.float().div_(255.0).contiguous(memory_format=torch.channels_last)
 
 
 @torch.inference_mode()
