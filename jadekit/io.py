@@ -7,7 +7,7 @@ import io
 import json
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -62,6 +62,23 @@ def append_jsonl(path: Path, record: dict[str, Any]) -> None:
         os.fsync(f.fileno())
 
 
+def truncate_jsonl(path: Path, keep: Callable[[dict[str, Any]], bool]) -> int:
+    """Atomically rewrite a JSONL file with only the records `keep` accepts (torn lines dropped).
+
+    Used on resume so that records written after the checkpoint (which will be produced again)
+    appear exactly once. Returns the number of records dropped.
+    """
+    path = Path(path)
+    if not path.exists():
+        return 0
+    records = list(read_jsonl(path))
+    kept = [r for r in records if keep(r)]
+    text = "".join(json.dumps(r, default=str) + "\n" for r in kept)
+    if text.encode("utf-8") != path.read_bytes():
+        atomic_write_text(path, text)
+    return len(records) - len(kept)
+
+
 def read_jsonl(path: Path) -> Iterator[dict[str, Any]]:
     """Yield the records of a JSONL file, skipping a torn (unparseable) line."""
     if not Path(path).exists():
@@ -113,7 +130,8 @@ def _load_one(path: Path) -> dict[str, Any]:
     try:
         blob = torch.load(path, map_location="cpu", weights_only=True)  # never unpickles code
     except Exception as e:
-        raise RunDirError(f"checkpoint {path} is unreadable ({type(e).__name__}: {e})") from None
+        brief = str(e).splitlines()[0][:200] if str(e) else ""
+        raise RunDirError(f"checkpoint {path} is unreadable (truncated or corrupt: {type(e).__name__}: {brief})") from None
     if not isinstance(blob, dict) or "state" not in blob or "sha256" not in blob:
         raise RunDirError(f"checkpoint {path} is not a jadekit checkpoint")
     if _digest(blob["state"]).hexdigest() != blob["sha256"]:
@@ -134,11 +152,13 @@ def load_checkpoint(path: Path) -> tuple[dict[str, Any], list[str]]:
     problems = []
     for candidate in (path, path.with_suffix(path.suffix + ".prev")):
         if not candidate.exists():
+            if candidate == path:
+                problems.append(f"checkpoint {path} is missing")
             continue
         try:
             return _load_one(candidate), problems
         except RunDirError as e:
             problems.append(e.message)
-    if not problems:
+    if problems == [f"checkpoint {path} is missing"]:
         raise RunDirError(f"no checkpoint at {path}", hint="train first with `jadekit run RECIPE`.")
     raise RunDirError("; ".join(problems), hint="delete the run directory and train again.")

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import math
+import os
 import random
 import shutil
 import time
@@ -24,13 +26,15 @@ from jadekit.data.sampler import PairedBatchSampler
 from jadekit.engine.evaluate import classification_metrics, predict_logits, to_float
 from jadekit.engine.loop import Callback, LoopPlan, LoopState, fit, restore_best
 from jadekit.engine.models import Batch, LossWeights
-from jadekit.errors import JadekitError, RunDirError
-from jadekit.io import append_jsonl, atomic_write_json, atomic_write_text, load_checkpoint, save_checkpoint
+from jadekit.errors import Interrupted, JadekitError, PluginError, RunDirError, TrainingDiverged
+from jadekit.io import append_jsonl, atomic_write_json, atomic_write_text, load_checkpoint, save_checkpoint, truncate_jsonl
 from jadekit.provenance import versions
 from jadekit.summary import write_summary
 
 CHECKPOINT = "checkpoint.pt"
 FINAL = "final.json"
+METRICS = "metrics.jsonl"
+log = logging.getLogger(__name__)
 
 
 def run_dir_for(output_dir: Path, method: str, seed: int) -> Path:
@@ -161,10 +165,12 @@ class Checkpointer(Callback):
 
     def __init__(self, path: Path, trainer: Trainer, recipe: Recipe) -> None:
         self.path, self.trainer, self.recipe = path, trainer, recipe
+        self.last_step: int | None = None  # step of the newest good checkpoint on disk
 
     def on_checkpoint(self, state: LoopState) -> None:
         self.trainer.state = state
         save_checkpoint(self.path, self.trainer.state_dict(self.recipe))
+        self.last_step = state.step
 
 
 def make_trainer(method: Method, resolved: Resolved, data: dict[str, DomainData], seed: int, device: torch.device) -> Trainer:
@@ -172,7 +178,7 @@ def make_trainer(method: Method, resolved: Resolved, data: dict[str, DomainData]
     recipe = resolved.recipe
     t = recipe.train
     seed_everything(seed)
-    model = build_model(method, resolved).to(device)
+    model = build_checked_model(method, resolved).to(device)
     if device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
     optimizer = torch.optim.AdamW(model.parameters(), lr=t.lr, weight_decay=t.weight_decay)
@@ -189,6 +195,56 @@ def make_trainer(method: Method, resolved: Resolved, data: dict[str, DomainData]
         seed,
     )
     return Trainer(model, optimizer, scheduler, sampler)
+
+
+def build_checked_model(method: Method, resolved: Resolved) -> torch.nn.Module:
+    """`build_model`, with a plugin's own failure or wrong return types reported as a PluginError."""
+    names = f"backbones '{resolved.primary.backbone_name}' / '{resolved.auxiliary.backbone_name}'"
+    try:
+        model = build_model(method, resolved)
+    except JadekitError:
+        raise
+    except Exception as e:  # a backbone bug must not surface as a traceback
+        raise PluginError(f"building the '{method}' model failed in {names}: {type(e).__name__}: {e}",
+                          hint="check model.*_backbone params, or fix the backbone plugin.") from None
+    # nn.Module keeps non-module attributes in __dict__: a backbone that returned e.g. None or a tensor lands there.
+    parts = ("primary_encoder", "auxiliary_encoder", "primary_decoder", "auxiliary_decoder")
+    wrong = [f"{n} is {type(m).__name__}" for n, m in vars(model).items() if n in parts]
+    if wrong:
+        raise PluginError(f"{names} returned objects that are not torch.nn.Module: {', '.join(wrong)}",
+                          hint="encoder() and decoder() must return torch.nn.Module instances (see docs/plugins.md).")
+    return model
+
+
+def _probe_model(method: Method, model: torch.nn.Module, data: dict[str, DomainData], resolved: Resolved) -> None:
+    """Run one small real batch through the loss and the classifier, to catch shape/type bugs before any file is written."""
+    recipe = resolved.recipe
+    p, a = data["primary"], data["auxiliary"]
+    n = min(4, len(p.train_y))
+    y = p.train_y[:n]
+    batch = Batch(to_float(p.train_x[:n]), y)
+    if model.uses_auxiliary:  # same classes on both sides, so matching terms have pairs
+        ai = torch.stack([torch.nonzero(a.train_y == c).flatten()[0] for c in y])
+        batch = Batch(batch.x, y, to_float(a.train_x[ai]), a.train_y[ai])
+    what = f"the '{method}' model (backbones '{resolved.primary.backbone_name}' / '{resolved.auxiliary.backbone_name}')"
+    try:
+        with torch.no_grad():
+            terms = model.loss_terms(batch, loss_weights(recipe)(recipe.loss.kl_warmup_steps))
+            logits = predict_logits(model, p.train_x[:n], "primary")
+    except JadekitError:
+        raise
+    except Exception as e:
+        raise PluginError(
+            f"{what} cannot process primary images {tuple(p.train_x.shape[1:])} / auxiliary images {tuple(a.train_x.shape[1:])}: "
+            f"{type(e).__name__}: {str(e)[:300]}",
+            hint="pick a backbone that accepts this image size, set `resize` in the data table, or fix the backbone plugin.",
+        ) from None
+    if not isinstance(terms, dict) or not isinstance(terms.get("total"), torch.Tensor) or terms["total"].numel() != 1:
+        raise PluginError(f"{what} returned loss terms without a scalar 'total'", hint="fix the backbone plugin.")
+    if tuple(logits.shape) != (n, len(resolved.class_names)):
+        raise PluginError(f"{what} returned logits of shape {tuple(logits.shape)} for {n} images, "
+                          f"expected {(n, len(resolved.class_names))}",
+                          hint="fix the backbone plugin: encoder() must map (B, C, H, W) to (B, out_dim).")
 
 
 def loss_weights(recipe: Recipe) -> Callable[[int], LossWeights]:
@@ -216,22 +272,29 @@ def train_one(
     device: torch.device,
     callbacks: Sequence[Callback] = (),
     stop_requested: Callable[[], bool] = lambda: False,
+    on_resume: Callable[[int, list[str]], None] = lambda step, notes: None,
 ) -> dict:
-    """Train (or resume) one method x seed and write its run directory; return its final metrics."""
+    """Train (or resume) one method x seed and write its run directory; return its final metrics.
+
+    Raises:
+        TrainingDiverged: a loss became NaN/inf; the message names the term, the step and the kept checkpoint.
+        Interrupted: `stop_requested()` turned true; a checkpoint was written first.
+    """
     recipe = resolved.recipe
     t = recipe.train
-    run_dir.mkdir(parents=True, exist_ok=True)
     data = {d: cache.domain(d, seed).to(device) for d in DOMAINS}
     trainer = make_trainer(method, resolved, data, seed, device)
+    run_dir.mkdir(parents=True, exist_ok=True)
     ckpt_path = run_dir / CHECKPOINT
-    notes: list[str] = []
-    if ckpt_path.exists() or ckpt_path.with_suffix(".pt.prev").exists():
-        ckpt, notes = load_checkpoint(ckpt_path)
-        trainer.load_state_dict(ckpt)
-    else:
+    notes = resume_from_checkpoint(trainer, run_dir)
+    if notes is None:
+        notes = []
         atomic_write_text(run_dir / "recipe.toml", tomli_w.dumps(recipe_to_dict(recipe)))
         atomic_write_json(run_dir / "indices.json", {d: data[d].indices for d in DOMAINS})
-        (run_dir / "metrics.jsonl").unlink(missing_ok=True)
+        (run_dir / METRICS).unlink(missing_ok=True)
+    else:
+        notes += _apply_optimizer_settings(trainer, t.lr, t.weight_decay)
+        on_resume(trainer.state.step, notes)
 
     p, a = data["primary"], data["auxiliary"]
 
@@ -257,9 +320,20 @@ def train_one(
     )
     started = time.perf_counter()
     start_step = trainer.state.step
-    all_callbacks = [MetricsWriter(run_dir / "metrics.jsonl"), Checkpointer(ckpt_path, trainer, recipe), *callbacks]
-    state = fit(trainer.model, trainer.optimizer, trainer.scheduler, draw_batch, loss_weights(recipe), validate,
-                plan, trainer.state, all_callbacks, stop_requested)
+    checkpointer = Checkpointer(ckpt_path, trainer, recipe)
+    checkpointer.last_step = start_step if (ckpt_path.exists() or _prev(ckpt_path).exists()) else None
+    all_callbacks = [MetricsWriter(run_dir / METRICS), checkpointer, *callbacks]
+    where = f"{method} seed {seed}"
+    try:
+        state = fit(trainer.model, trainer.optimizer, trainer.scheduler, draw_batch, loss_weights(recipe), validate,
+                    plan, trainer.state, all_callbacks, stop_requested)
+    except TrainingDiverged as e:
+        kept = (f"the last good checkpoint ({ckpt_path}, step {checkpointer.last_step}) is kept"
+                if checkpointer.last_step is not None else "no checkpoint had been written yet")
+        raise TrainingDiverged(f"{where}: {e.message}; {kept}", hint=e.hint) from None
+    except Interrupted:
+        raise Interrupted(f"{where}: stopped at step {checkpointer.last_step}; checkpoint written to {ckpt_path}",
+                          hint="continue with `jadekit run RECIPE --resume` (or run the same recipe again).") from None
     elapsed = time.perf_counter() - started
     restore_best(trainer.model, state)
 
@@ -292,16 +366,86 @@ def train_one(
     return final
 
 
-def check_output_dir(recipe: Recipe, resume: bool, force: bool) -> None:
-    """Refuse to mix runs of a different recipe into an existing output directory."""
+def _prev(path: Path) -> Path:
+    return path.with_suffix(path.suffix + ".prev")
+
+
+def resume_from_checkpoint(trainer: Trainer, run_dir: Path) -> list[str] | None:
+    """Load a run directory's checkpoint into `trainer`; None when there is nothing to resume.
+
+    A damaged newest checkpoint is moved aside to `checkpoint.pt.corrupt` (so the next save does not
+    rotate it over the good `.prev`), and metrics recorded after the checkpoint's step are dropped:
+    those steps run again, so every step appears exactly once in metrics.jsonl.
+
+    Returns:
+        Notes on what was met (a damaged file and the fallback used); empty when all was well.
+    """
+    ckpt_path = run_dir / CHECKPOINT
+    if not (ckpt_path.exists() or _prev(ckpt_path).exists()):
+        return None
+    ckpt, notes = load_checkpoint(ckpt_path)
+    if notes and ckpt_path.exists():
+        os.replace(ckpt_path, ckpt_path.with_suffix(".pt.corrupt"))
+    if notes:
+        notes.append(f"resumed from the previous checkpoint {_prev(ckpt_path)}")
+        for n in notes:
+            log.warning(n)
+    try:
+        trainer.load_state_dict(ckpt)
+    except (KeyError, RuntimeError, ValueError, TypeError, IndexError) as e:
+        raise RunDirError(
+            f"checkpoint in {run_dir} does not fit this recipe's model or data ({type(e).__name__}: {str(e)[:300]})",
+            hint="run with --force to discard it and start again, or restore the recipe it was trained with.",
+        ) from None
+    step = trainer.state.step
+    dropped = truncate_jsonl(run_dir / METRICS, lambda r: isinstance(r.get("step"), int) and r["step"] <= step)
+    if dropped:
+        log.info("dropped %d metric records past step %d (they are recomputed)", dropped, step)
+    return notes
+
+
+def _apply_optimizer_settings(trainer: Trainer, lr: float, weight_decay: float) -> list[str]:
+    """Let a resumed run take the recipe's lr and weight decay (the optimizer state would restore the old ones).
+
+    Without this, "lower train.lr and --resume" after a divergence would silently keep the old rate.
+    Unchanged settings leave every value untouched, so an ordinary resume stays bit-exact.
+    """
+    sched, groups = trainer.scheduler, trainer.optimizer.param_groups
+    old_lr = sched.base_lrs[0] if sched.base_lrs else lr
+    old_wd = groups[0].get("weight_decay", weight_decay) if groups else weight_decay
+    if old_lr == lr and old_wd == weight_decay:
+        return []
+    sched.base_lrs = [lr for _ in sched.base_lrs]
+    for g, factor in zip(groups, sched.lr_lambdas, strict=True):
+        g["initial_lr"], g["weight_decay"] = lr, weight_decay
+        g["lr"] = lr * factor(sched.last_epoch)
+    sched._last_lr = [g["lr"] for g in groups]
+    return [f"resumed with train.lr {old_lr:g} -> {lr:g}, train.weight_decay {old_wd:g} -> {weight_decay:g}"]
+
+
+def _read_marker(marker: Path) -> str | None:
+    try:
+        return json.loads(marker.read_text()).get("recipe_fingerprint")
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+def check_output_dir(recipe: Recipe, resume: bool, force: bool, claim: bool = True) -> None:
+    """Refuse to mix runs of a different recipe into an existing output directory, then claim it.
+
+    Args:
+        claim: also write the directory's marker (and with `force`, discard old runs); when False only check.
+    """
     out = Path(recipe.experiment.output_dir)
     marker = out / "jadekit-output.json"
     fp = recipe_fingerprint(recipe)
+    if out.exists() and not out.is_dir():
+        raise RunDirError(f"output directory {out} is a file, not a directory", hint="pick another experiment.output_dir.")
+    if any(p.exists() and not p.is_dir() for p in out.parents):
+        raise RunDirError(f"cannot create output directory {out}: a parent path is a file, not a directory",
+                          hint="pick another experiment.output_dir.")
     if marker.exists():
-        try:
-            existing = json.loads(marker.read_text()).get("recipe_fingerprint")
-        except (OSError, json.JSONDecodeError):
-            existing = None
+        existing = _read_marker(marker)
         if existing != fp and not (resume or force):
             raise RunDirError(
                 f"{out} holds runs of a different recipe (fingerprint {existing}, this recipe {fp})",
@@ -312,6 +456,8 @@ def check_output_dir(recipe: Recipe, resume: bool, force: bool) -> None:
         raise RunDirError(
             f"{out} exists and is not a jadekit output directory", hint="pick another experiment.output_dir, or pass --force."
         )
+    if not claim:
+        return
     try:
         if force:
             for method in ("single", "paired", "jade"):
@@ -326,6 +472,7 @@ class RunEvents:
     """Hooks the CLI passes in to show progress (the runner itself never prints)."""
 
     callbacks_for: Callable[[Method, int, int], Sequence[Callback]] = lambda method, seed, start: ()
+    on_resume: Callable[[Method, int, int, list[str]], None] = lambda method, seed, step, notes: None
     on_skip: Callable[[Method, int, dict], None] = lambda method, seed, final: None
     on_done: Callable[[Method, int, dict], None] = lambda method, seed, final: None
 
@@ -339,25 +486,51 @@ def run_recipe(
 ) -> list[dict]:
     """Run every method x seed (skipping finished runs), then write the summary."""
     recipe = resolved.recipe
-    check_output_dir(recipe, resume, force)
+    # Everything that can be wrong with the input is checked before the output directory is touched.
+    device = pick_device(recipe.train.device)
+    check_output_dir(recipe, resume, force, claim=False)
     if recipe.train.threads:
         torch.set_num_threads(recipe.train.threads)
-    device = pick_device(recipe.train.device)
     cache = DataCache(resolved)
+    preflight(resolved, cache)
+    check_output_dir(recipe, resume, force)
     finals = []
     for method in recipe.experiment.methods:
         for seed in recipe.experiment.seeds:
             run_dir = run_dir_for(recipe.experiment.output_dir, method, seed)
-            done = run_dir / FINAL
-            if done.exists():
-                final = json.loads(done.read_text())
-                if final.get("steps") == recipe.train.steps:
-                    events.on_skip(method, seed, final)
-                    finals.append(final)
-                    continue
+            final = _finished(run_dir / FINAL, recipe.train.steps)
+            if final is not None:
+                events.on_skip(method, seed, final)
+                finals.append(final)
+                continue
             final = train_one(method, seed, resolved, cache, run_dir, device,
-                              events.callbacks_for(method, seed, recipe.train.steps), stop_requested)
+                              events.callbacks_for(method, seed, recipe.train.steps), stop_requested,
+                              on_resume=lambda step, notes, m=method, s=seed: events.on_resume(m, s, step, notes))
             events.on_done(method, seed, final)
             finals.append(final)
     write_summary(Path(recipe.experiment.output_dir), finals, recipe.experiment.name)
     return finals
+
+
+def _finished(path: Path, steps: int) -> dict | None:
+    """The final metrics of a finished run, or None (absent, unreadable, or from a shorter run)."""
+    try:
+        final = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return final if isinstance(final, dict) and final.get("steps") == steps else None
+
+
+def preflight(resolved: Resolved, cache: DataCache) -> None:
+    """Load every split, draw every seed's subsets and build and probe every model: all input errors surface here."""
+    recipe = resolved.recipe
+    t = recipe.train
+    data = {}
+    for seed in recipe.experiment.seeds:
+        data = {d: cache.domain(d, seed) for d in DOMAINS}
+        if set(recipe.experiment.methods) - {"single"}:  # the sampler checks the auxiliary data covers every class
+            PairedBatchSampler(data["primary"].train_y, data["auxiliary"].train_y, t.batch_size,
+                               t.auxiliary_batch_size or t.batch_size, seed)
+    for method in recipe.experiment.methods:
+        model = build_checked_model(method, resolved)
+        _probe_model(method, model, data, resolved)

@@ -98,8 +98,7 @@ def fit(
             if bad:
                 raise TrainingDiverged(
                     f"loss term '{bad[0]}' became {row[names.index(bad[0])]} at step {step}",
-                    hint="lower train.lr, add loss.kl_warmup_steps, or lower the weight of that term; "
-                    "the last good checkpoint is kept.",
+                    hint=_DIVERGED_HINT,
                 )
         last = dict(zip(names, rows[-1], strict=True))
         for cb in callbacks:
@@ -142,11 +141,26 @@ def fit(
             for cb in callbacks:
                 cb.on_validate(state.step, metrics, improved)
         if checkpointing or stopping:
+            _check_weights(model, state.step)  # never checkpoint weights that are already broken
             for cb in callbacks:
                 cb.on_checkpoint(state)
         if stopping and not at_end:
             raise Interrupted(f"stopped at step {state.step}; a checkpoint was written", hint="resume with --resume.")
     return state
+
+
+def _check_weights(model: nn.Module, step: int) -> None:
+    """Raise TrainingDiverged if any parameter is NaN/inf (finite losses can still give broken updates)."""
+    bad = [name for name, p in model.named_parameters() if not bool(torch.isfinite(p).all())]
+    if bad:
+        raise TrainingDiverged(
+            f"parameter '{bad[0]}' became non-finite at step {step} (the loss terms were still finite)",
+            hint=_DIVERGED_HINT,
+        )
+
+
+_DIVERGED_HINT = ("lower train.lr, add loss.kl_warmup_steps (KL warm-up), or lower the weight of that term; "
+                  "the last good checkpoint is kept, so --resume continues from it.")
 
 
 def restore_best(model: nn.Module, state: LoopState) -> None:

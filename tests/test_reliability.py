@@ -1,0 +1,424 @@
+"""Reliability: exact resume after SIGKILL, Ctrl-C, atomic writes, checkpoint fallback, NaN guard."""
+
+from __future__ import annotations
+
+import bz2
+import gzip
+import json
+import os
+import signal
+import struct
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from jadekit import io
+from jadekit.cli import app
+from jadekit.errors import RunDirError
+
+JADEKIT = [str(Path(sys.executable).parent / "jadekit")]
+RUN_DIR = Path("out") / "jade" / "seed-0"
+
+
+# --- tiny data in the real formats (MNIST IDX .gz, USPS libsvm .bz2) and a tiny recipe ---------------
+
+
+def _idx_gz(path: Path, array: np.ndarray) -> None:
+    data = struct.pack(f">I{array.ndim}I", 0x0800 | array.ndim, *array.shape) + array.astype(np.uint8).tobytes()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.with_name(path.name + ".gz").write_bytes(gzip.compress(data))
+
+
+def write_data(root: Path, seed: int = 0) -> Path:
+    """300 MNIST + 60 test digits and 120 USPS + 40 test digits, faintly class-dependent noise."""
+    rng = np.random.default_rng(seed)
+    for prefix, n in (("train", 300), ("t10k", 60)):
+        labels = np.arange(n) % 10
+        images = (rng.random((n, 28, 28)) * 60 + labels[:, None, None] * 19).astype(np.uint8)
+        _idx_gz(root / "MNIST" / "raw" / f"{prefix}-images-idx3-ubyte", images)
+        _idx_gz(root / "MNIST" / "raw" / f"{prefix}-labels-idx1-ubyte", labels)
+    (root / "USPS").mkdir(parents=True, exist_ok=True)
+    for name, n in (("usps.bz2", 120), ("usps.t.bz2", 40)):
+        labels = np.arange(n) % 10
+        grey = rng.random((n, 256)) * 60 + labels[:, None] * 19
+        lines = [" ".join([str(y + 1), *(f"{i + 1}:{v / 255 * 2 - 1:.6f}" for i, v in enumerate(row))])
+                 for y, row in zip(labels, grey, strict=True)]
+        (root / "USPS" / name).write_bytes(bz2.compress(("\n".join(lines) + "\n").encode()))
+    return root
+
+
+RECIPE = """
+[experiment]
+name = "tiny"
+methods = ["jade"]
+seeds = [0]
+output_dir = "out"
+
+[primary]
+dataset = "usps"
+root = "{root}"
+download = false
+labels_per_class = 5
+val_share = 0.2
+
+[auxiliary]
+dataset = "mnist"
+root = "{root}"
+download = false
+limit = 200
+
+[model]
+primary_backbone = {{ name = "paper-mnist" }}
+auxiliary_backbone = {{ name = "paper-mnist" }}
+classifier_hidden = [32]
+
+[train]
+steps = {steps}
+batch_size = 16
+eval_every = 10
+checkpoint_every = 5
+device = "cpu"
+threads = 1
+"""
+
+
+def write_recipe(where: Path, data_root: Path, steps: int = 40) -> Path:
+    path = where / "recipe.toml"
+    path.write_text(RECIPE.format(root=data_root.as_posix(), steps=steps))
+    return path
+
+
+@pytest.fixture(scope="module")
+def data_root(tmp_path_factory) -> Path:
+    return write_data(tmp_path_factory.mktemp("data"))
+
+
+def run_cli(args: list[str]):
+    result = CliRunner().invoke(app, args)
+    # CliRunner catches exceptions: anything but SystemExit would be a traceback for a real user.
+    assert result.exception is None or isinstance(result.exception, SystemExit), result.output
+    return result
+
+
+def final_weights(run_dir: Path) -> dict[str, torch.Tensor]:
+    state, notes = io.load_checkpoint(run_dir / "checkpoint.pt")
+    assert notes == []
+    return {**state["model"], **{f"best.{k}": v for k, v in state["loop"]["best_model"].items()}}
+
+
+def assert_same_run(a: Path, b: Path) -> None:
+    fa, fb = json.loads((a / "final.json").read_text()), json.loads((b / "final.json").read_text())
+    for key in ("primary_test_error", "auxiliary_test_error", "primary_val_accuracy", "best_step", "steps"):
+        assert fa[key] == fb[key], key
+    wa, wb = final_weights(a), final_weights(b)
+    assert wa.keys() == wb.keys()
+    for k in wa:
+        assert torch.equal(wa[k], wb[k]), k
+
+
+def train_steps(run_dir: Path) -> list[int]:
+    return [r["step"] for r in io.read_jsonl(run_dir / "metrics.jsonl") if r["kind"] == "train"]
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory, data_root) -> Path:
+    """An uninterrupted 40-step run."""
+    where = tmp_path_factory.mktemp("reference")
+    recipe = write_recipe(where, data_root)
+    cwd = os.getcwd()
+    os.chdir(where)
+    try:
+        result = run_cli(["run", str(recipe)])
+    finally:
+        os.chdir(cwd)
+    assert result.exit_code == 0, result.output
+    return where / RUN_DIR
+
+
+def start_run(where: Path, recipe: Path) -> subprocess.Popen:
+    return subprocess.Popen([*JADEKIT, "run", str(recipe)], cwd=where, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+
+
+def wait_for(path: Path, proc: subprocess.Popen, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        assert proc.poll() is None, f"run ended before {path.name} appeared: {proc.communicate()[0].decode()}"
+        assert time.monotonic() < deadline, f"{path} never appeared"
+        time.sleep(0.005)
+
+
+# --- resume ------------------------------------------------------------------------------------------
+
+
+def test_sigkill_then_resume_equals_uninterrupted_run(tmp_path, data_root, reference):
+    recipe = write_recipe(tmp_path, data_root)
+    run_dir = tmp_path / RUN_DIR
+    proc = start_run(tmp_path, recipe)
+    wait_for(run_dir / "checkpoint.pt.prev", proc)  # two checkpoints written: step >= 10 of 40
+    time.sleep(0.07)  # land somewhere between checkpoints, maybe mid-write
+    proc.send_signal(signal.SIGKILL)
+    proc.communicate()
+    assert proc.returncode == -signal.SIGKILL
+    assert not (run_dir / "final.json").exists()
+    with open(run_dir / "metrics.jsonl", "a") as f:  # as if the kill had torn a line in half
+        f.write('{"step": 99, "kind": "tr')
+
+    cwd = os.getcwd()
+    os.chdir(tmp_path)
+    try:
+        result = run_cli(["run", str(recipe)])
+    finally:
+        os.chdir(cwd)
+    assert result.exit_code == 0, result.output
+    assert "resuming at step" in result.output
+    assert_same_run(reference, run_dir)
+    assert train_steps(run_dir) == list(range(1, 41))  # no step lost, none twice
+    assert train_steps(run_dir) == train_steps(reference)
+    val = [r["step"] for r in io.read_jsonl(run_dir / "metrics.jsonl") if r["kind"] == "val"]
+    assert val == [10, 20, 30, 40]
+
+
+def test_finished_runs_are_skipped(reference):
+    cwd = os.getcwd()
+    os.chdir(reference.parents[2])
+    try:
+        before = (reference / "final.json").read_bytes()
+        result = run_cli(["run", "recipe.toml"])
+    finally:
+        os.chdir(cwd)
+    assert result.exit_code == 0, result.output
+    assert "finished earlier, skipped" in result.output
+    assert (reference / "final.json").read_bytes() == before
+
+
+def test_ctrl_c_writes_checkpoint_and_exits_130(tmp_path, data_root):
+    recipe = write_recipe(tmp_path, data_root)
+    run_dir = tmp_path / RUN_DIR
+    proc = start_run(tmp_path, recipe)
+    wait_for(run_dir / "checkpoint.pt", proc)
+    proc.send_signal(signal.SIGINT)
+    output = proc.communicate(timeout=60)[0].decode()
+    assert proc.returncode == 130, output
+    assert "Traceback" not in output
+    assert "checkpoint written to" in output and "--resume" in output
+    state, notes = io.load_checkpoint(run_dir / "checkpoint.pt")
+    assert notes == [] and 5 <= state["loop"]["step"] < 40
+    assert train_steps(run_dir)[-1] == state["loop"]["step"]
+    assert not (run_dir / "final.json").exists()
+
+
+# --- durable files -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("broken", ["replace", "fsync", "write"])
+def test_atomic_write_crash_keeps_previous_file(tmp_path, monkeypatch, broken):
+    path = tmp_path / "final.json"
+    io.atomic_write_json(path, {"good": 1})
+    before = path.read_bytes()
+
+    def crash(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    if broken == "write":
+        monkeypatch.setattr(io.os, "fdopen", lambda fd, mode: _Crashing(fd))
+    else:
+        monkeypatch.setattr(io.os, broken, crash)
+    with pytest.raises(OSError, match="No space left"):
+        io.atomic_write_json(path, {"good": 2, "padding": "x" * 10_000})
+    monkeypatch.undo()
+    assert path.read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["final.json"]  # no temp file left behind
+
+
+class _Crashing:
+    """A file object whose write dies half-way, like a kill or a full disk."""
+
+    def __init__(self, fd: int) -> None:
+        self.f = open(fd, "wb")  # noqa: SIM115
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.f.close()
+
+    def write(self, data: bytes) -> None:
+        self.f.write(data[: len(data) // 2])
+        raise OSError(28, "No space left on device")
+
+
+def test_checkpoint_crash_mid_save_keeps_a_loadable_checkpoint(tmp_path, monkeypatch):
+    path = tmp_path / "checkpoint.pt"
+    io.save_checkpoint(path, {"step": 1, "w": torch.arange(4.0)})
+    io.save_checkpoint(path, {"step": 2, "w": torch.arange(4.0) * 2})
+    monkeypatch.setattr(io.os, "fsync", lambda fd: (_ for _ in ()).throw(OSError(28, "No space left on device")))
+    with pytest.raises(OSError):
+        io.save_checkpoint(path, {"step": 3, "w": torch.zeros(4)})
+    monkeypatch.undo()
+    state, notes = io.load_checkpoint(path)
+    assert state["step"] in (1, 2)  # the newest file was rotated to .prev before the crash: still there
+
+
+def test_torn_jsonl_line_is_skipped_and_truncation_is_atomic(tmp_path):
+    path = tmp_path / "metrics.jsonl"
+    for step in range(1, 6):
+        io.append_jsonl(path, {"step": step, "kind": "train"})
+    with open(path, "a") as f:
+        f.write('{"step": 6, "ki')
+    assert [r["step"] for r in io.read_jsonl(path)] == [1, 2, 3, 4, 5]
+    assert io.truncate_jsonl(path, lambda r: r["step"] <= 3) == 2
+    assert path.read_text().splitlines() == [json.dumps({"step": s, "kind": "train"}) for s in (1, 2, 3)]
+
+
+# --- checksummed checkpoints -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("damage", ["truncate", "flip", "garbage"])
+def test_damaged_checkpoint_falls_back_to_prev_and_is_named(tmp_path, damage):
+    path = tmp_path / "checkpoint.pt"
+    io.save_checkpoint(path, {"step": 5, "w": torch.ones(64)})
+    io.save_checkpoint(path, {"step": 10, "w": torch.full((64,), 2.0)})
+    raw = bytearray(path.read_bytes())
+    if damage == "truncate":
+        raw = raw[: len(raw) // 2]
+    elif damage == "flip":  # a bit flip inside the tensor data: only the checksum can tell
+        pos = bytes(raw).find(np.full(64, 2.0, np.float32).tobytes())
+        raw[pos + 9] ^= 0x01
+    else:
+        raw = bytearray(b"not a checkpoint at all")
+    path.write_bytes(bytes(raw))
+    state, notes = io.load_checkpoint(path)
+    assert state["step"] == 5
+    assert len(notes) == 1 and str(path) in notes[0]
+    if damage == "flip":
+        assert "checksum" in notes[0]
+
+
+def test_both_checkpoints_damaged_is_a_clear_error(tmp_path):
+    path = tmp_path / "checkpoint.pt"
+    io.save_checkpoint(path, {"step": 5})
+    io.save_checkpoint(path, {"step": 10})
+    for p in (path, path.with_suffix(".pt.prev")):
+        p.write_bytes(p.read_bytes()[:20])
+    with pytest.raises(RunDirError, match=r"checkpoint\.pt is unreadable.*checkpoint\.pt\.prev is unreadable"):
+        io.load_checkpoint(path)
+
+
+def test_checkpoint_is_loaded_without_unpickling_code(tmp_path):
+    path = tmp_path / "checkpoint.pt"
+    torch.save({"state": {"step": 1, "evil": _Evil()}, "sha256": "0"}, path)
+    with pytest.raises(RunDirError, match="unreadable"):
+        io.load_checkpoint(path)
+
+
+class _Evil:
+    def __reduce__(self):
+        return (os.system, ("echo pwned",))
+
+
+def test_run_resumes_from_prev_when_newest_is_corrupt(tmp_path, data_root):
+    recipe = write_recipe(tmp_path, data_root, steps=10)
+    run_dir = tmp_path / RUN_DIR
+    cwd = os.getcwd()
+    os.chdir(tmp_path)
+    try:
+        assert run_cli(["run", str(recipe)]).exit_code == 0
+        reference = json.loads((run_dir / "final.json").read_text())
+        weights = final_weights(run_dir)
+        (run_dir / "final.json").unlink()  # as if killed right after the last checkpoint
+        ckpt = run_dir / "checkpoint.pt"
+        ckpt.write_bytes(ckpt.read_bytes()[:-100])
+        result = run_cli(["run", str(recipe)])
+    finally:
+        os.chdir(cwd)
+    assert result.exit_code == 0, result.output
+    assert "checkpoint.pt is unreadable" in result.output and "resuming at step 5" in result.output
+    assert (run_dir / "checkpoint.pt.corrupt").exists()
+    resumed = json.loads((run_dir / "final.json").read_text())
+    assert resumed["primary_test_error"] == reference["primary_test_error"]
+    assert all(torch.equal(weights[k], v) for k, v in final_weights(run_dir).items())
+    assert train_steps(run_dir) == list(range(1, 11))
+
+
+# --- NaN guard ---------------------------------------------------------------------------------------
+
+
+def test_nan_loss_exits_3_names_term_and_step_and_keeps_checkpoint(tmp_path, data_root):
+    recipe = write_recipe(tmp_path, data_root)
+    run_dir = tmp_path / RUN_DIR
+    cwd = os.getcwd()
+    os.chdir(tmp_path)
+    try:
+        result = run_cli(["run", str(recipe), "--set", "train.lr=1e30", "--set", "train.checkpoint_every=1"])
+    finally:
+        os.chdir(cwd)
+    assert result.exit_code == 3, result.output
+    import re
+
+    m = re.search(r"loss term '(\w+)' became (nan|inf|-inf) at step (\d+)", result.output)
+    assert m, result.output
+    kept = re.search(r"last good checkpoint \(.*checkpoint\.pt, step (\d+)\) is kept", result.output)
+    assert kept, result.output
+    assert "lower train.lr" in result.output and "warm-up" in result.output
+    state, notes = io.load_checkpoint(run_dir / "checkpoint.pt")
+    assert notes == [] and state["loop"]["step"] == int(kept.group(1)) < int(m.group(3))
+    assert all(torch.isfinite(v).all() for v in state["model"].values())
+    assert not (run_dir / "final.json").exists()
+
+
+def test_resume_takes_the_new_lr_and_divergence_keeps_the_checkpoint(tmp_path, data_root):
+    recipe = write_recipe(tmp_path, data_root, steps=10)
+    run_dir = tmp_path / RUN_DIR
+    cwd = os.getcwd()
+    os.chdir(tmp_path)
+    try:
+        assert run_cli(["run", str(recipe)]).exit_code == 0
+        before = final_weights(run_dir)
+        result = run_cli(["run", str(recipe), "--resume", "--set", "train.steps=20", "--set", "train.lr=1e30"])
+    finally:
+        os.chdir(cwd)
+    assert result.exit_code == 3, result.output
+    assert "train.lr 0.001 -> 1e+30" in result.output  # the optimizer state did not silently keep the old rate
+    assert "checkpoint.pt, step 10) is kept" in result.output
+    after = final_weights(run_dir)
+    assert all(torch.equal(before[k], after[k]) for k in before)
+
+
+# --- the CLI's last line of defence ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("exc", "code", "phrase"),
+    [
+        (KeyboardInterrupt(), 130, "second Ctrl-C"),
+        (OSError(28, "No space left on device", "/x/checkpoint.pt"), 2, "(/x/checkpoint.pt): No space left on device"),
+        (PermissionError(13, "Permission denied"), 2, "Permission denied"),
+        (ValueError("plugin [bug]"), 1, "unexpected ValueError: plugin [bug]"),
+    ],
+    ids=["second-ctrl-c", "disk-full", "read-only", "unexpected"],
+)
+def test_user_errors_never_shows_a_traceback(monkeypatch, capsys, exc, code, phrase):
+    import typer
+
+    from jadekit.cli import user_errors
+
+    monkeypatch.delenv("JADEKIT_DEBUG", raising=False)
+    with pytest.raises(typer.Exit) as e, user_errors():
+        raise exc
+    assert e.value.exit_code == code
+    text = " ".join(capsys.readouterr().err.split())
+    assert phrase in text and "Traceback" not in text
+
+
+def test_debug_env_shows_the_traceback_of_unexpected_errors(monkeypatch):
+    from jadekit.cli import user_errors
+
+    monkeypatch.setenv("JADEKIT_DEBUG", "1")
+    with pytest.raises(ValueError), user_errors():
+        raise ValueError("bug")
