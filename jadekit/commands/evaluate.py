@@ -1,0 +1,103 @@
+"""`jadekit eval` and `jadekit report`: score trained runs on held-out data and show what they learned."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Annotated, Literal
+
+import typer
+from rich.table import Table
+
+RunArg = Annotated[Path, typer.Argument(help="A run directory (<output_dir>/<method>/seed-<n>), or an output directory.")]
+DeviceOpt = Annotated[str, typer.Option(help="auto (CUDA, else MPS, else CPU), cpu, cuda, cuda:N or mps.")]
+
+
+def register(app: typer.Typer) -> None:
+    app.command("eval")(evaluate)
+    app.command("report")(report)
+
+
+def _num(v: float | None, digits: int = 4) -> str:
+    return "-" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.{digits}f}"
+
+
+def _print_result(r: dict, title: str) -> None:
+    from jadekit.cli import out
+
+    t = Table("metric", "value", title=f"{title}: {r['dataset']} {r['split']} ({r['domain']} encoder, n = {r['n']})")
+    t.add_row("error (%)", _num(r["error"], 2))
+    for k in ("accuracy", "balanced_accuracy", "macro_f1", "ece", "nll"):
+        t.add_row(k, _num(r[k]))
+    for k, v in (r.get("elbo") or {}).items():
+        t.add_row(f"elbo.{k}", _num(v, 3))
+    out.print(t)
+    names = r["class_names"]
+    cm = Table("true \\ pred", *names, "acc", title="confusion matrix (rows: true class)")
+    for name, row in zip(names, r["confusion_matrix"], strict=True):
+        cm.add_row(name, *(str(v) for v in row), _num(r["per_class_accuracy"][name], 3))
+    out.print(cm)
+
+
+def evaluate(
+    run_dir: RunArg,
+    dataset: Annotated[str | None, typer.Option(help="Evaluate on this registered dataset instead of the run's test splits.")] = None,
+    root: Annotated[Path | None, typer.Option(help="Data root of --dataset; else $JADEKIT_DATA, else ~/.cache/jadekit.")] = None,
+    split: Annotated[str, typer.Option(help="Split of --dataset: train or test.")] = "test",
+    domain: Annotated[str, typer.Option(help="Encoder --dataset goes through: primary or auxiliary.")] = "primary",
+    resize: Annotated[bool, typer.Option("--resize", help="Resize --dataset images to the encoder's input size.")] = False,
+    set_: Annotated[list[str] | None, typer.Option("--set", help="Override a value of the run's recipe (repeatable).")] = None,
+    device: DeviceOpt = "auto",
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Evaluate a trained run (or every run of an output directory, aggregated into Table 1)."""
+    from jadekit.cli import out, user_errors
+    from jadekit.errors import JadekitError
+    from jadekit.evaluation import evaluate_path, safe_json
+    from jadekit.runner import pick_device
+
+    with user_errors():
+        if split not in ("train", "test"):
+            raise JadekitError(f"--split {split!r}: expected train or test")
+        if domain not in ("primary", "auxiliary"):
+            raise JadekitError(f"--domain {domain!r}: expected primary or auxiliary")
+        if dataset is None and (root is not None or resize or split != "test"):
+            raise JadekitError("--root, --resize and --split apply to --dataset only",
+                               hint="add --dataset NAME, or use --set primary.root=... for the run's own data.")
+        s: Literal["train", "test"] = split  # type: ignore[assignment]
+        result = evaluate_path(run_dir, dataset=dataset, root=root, split=s, domain=domain, resize=resize,
+                               overrides=set_, device=pick_device(device))
+    if as_json:
+        print(json.dumps(safe_json(result), indent=2))
+        return
+    records = result["records"] if result["kind"] == "summary" else [result]
+    if result["kind"] == "run":
+        for r in result["results"]:
+            _print_result(r, f"{result['method']} seed {result['seed']}")
+        out.print(f"written to {result['written_to']}", highlight=False)
+        return
+    for rec in records:
+        for r in rec["results"]:
+            out.print(f"{rec['method']} seed {rec['seed']} {r['dataset']} ({r['domain']}): error {_num(r['error'], 2)}%, "
+                      f"macro-F1 {_num(r['macro_f1'], 3)}, ECE {_num(r['ece'], 3)}", highlight=False)
+    out.print(result["markdown"], highlight=False)
+    out.print(f"written to {', '.join(result['written_to'])}", highlight=False)
+
+
+def report(
+    run_dir: RunArg,
+    out_dir: Annotated[Path | None, typer.Option("--out", help="Where to write the report; default RUN_DIR/report.")] = None,
+    samples: Annotated[int, typer.Option(min=20, help="Test images per dataset used for latents, probes and PCA.")] = 1000,
+    device: DeviceOpt = "auto",
+) -> None:
+    """Write a report (Markdown + PNGs + one self-contained HTML) of what a run learned."""
+    from jadekit.cli import out, user_errors
+    from jadekit.report import build_report
+    from jadekit.runner import pick_device
+
+    with user_errors():
+        rep = build_report(run_dir, out_dir, device=pick_device(device), max_samples=samples)
+    for name, p in rep.probes.items():
+        out.print(f"probe {name}: {p['accuracy']:.3f} (chance {p['chance']:.3f})", highlight=False)
+    out.print(f"{len(rep.figures)} figures; written to {rep.html} and {rep.markdown}", highlight=False)

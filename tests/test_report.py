@@ -1,0 +1,70 @@
+"""`jadekit report`: every figure is built, embedded in the HTML and referenced by the Markdown."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from jadekit.cli import app
+
+runner = CliRunner()
+
+# The tiny-data writers and recipe live beside the eval tests (no shared conftest yet).
+_spec = importlib.util.spec_from_file_location("_tiny_runs", Path(__file__).with_name("test_evaluation.py"))
+tiny = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(tiny)
+
+JADE_FIGURES = {"curves", "probes", "pca", "fig2", "fig2_variance", "reconstructions", "swaps"}
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory) -> Path:
+    base = tmp_path_factory.mktemp("report")
+    tiny.write_tiny_data(base / "data")
+    recipe = base / "tiny.toml"
+    recipe.write_text(tiny.RECIPE.format(out=base / "runs", root=base / "data"))
+    result = runner.invoke(app, ["run", str(recipe), "--set", 'experiment.methods=["single", "jade"]'])
+    assert result.exit_code == 0, result.output
+    return base / "runs"
+
+
+def build(run: Path, out: Path) -> dict:
+    result = runner.invoke(app, ["report", str(run), "--out", str(out), "--samples", "40", "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    return json.loads((out / "report.json").read_text())
+
+
+def test_jade_report_has_every_figure(trained, tmp_path):
+    meta = build(trained / "jade" / "seed-0", tmp_path)
+    assert set(meta["figures"]) == JADE_FIGURES
+    assert set(meta["probes"]) == {"class from content", "class from style", "dataset from content"}
+    markdown = (tmp_path / "report.md").read_text()
+    html = (tmp_path / "report.html").read_text()
+    for name in meta["figures"].values():
+        png = tmp_path / name
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        assert f"]({name})" in markdown
+    assert html.count('src="data:image/png;base64,') == len(JADE_FIGURES)
+    assert "<table>" in html and 'src="' + "curves.png" not in html  # nothing linked from outside the page
+
+
+def test_single_report_gets_the_subset_that_applies(trained, tmp_path):
+    meta = build(trained / "single" / "seed-0", tmp_path)
+    assert set(meta["figures"]) == {"curves", "probes", "pca"}
+    assert set(meta["probes"]) == {"class from features"}
+
+
+def test_report_default_goes_into_the_run_dir(trained):
+    run = trained / "single" / "seed-0"
+    result = runner.invoke(app, ["report", str(run), "--samples", "40", "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    assert (run / "report" / "report.html").exists()
+
+
+def test_report_of_missing_run_dir(tmp_path):
+    result = runner.invoke(app, ["report", str(tmp_path / "missing")])
+    assert result.exit_code == 2 and "no such run directory" in result.output
