@@ -52,8 +52,8 @@ def user_errors() -> Iterator[None]:
         _say(escape(e.message), escape(e.hint) if e.hint else None)
         raise typer.Exit(e.exit_code) from None
     except KeyboardInterrupt:
-        _say("aborted by a second Ctrl-C, without writing a checkpoint",
-             "the previous checkpoint is kept; continue with `jadekit run RECIPE --resume`.")
+        _say("aborted by Ctrl-C without writing a checkpoint",
+             "any earlier checkpoint is kept; continue with `jadekit run RECIPE --resume` (press Ctrl-C once to stop cleanly).")
         raise typer.Exit(130) from None
     except OSError as e:  # full disk, read-only or vanished directory, permission denied
         where = f" ({e.filename})" if e.filename else ""

@@ -213,6 +213,29 @@ def test_ctrl_c_writes_checkpoint_and_exits_130(tmp_path, data_root):
     assert not (run_dir / "final.json").exists()
 
 
+def test_foreign_output_dir_needs_force_or_resume(tmp_path, data_root):
+    recipe = write_recipe(tmp_path, data_root, steps=6)
+    out = tmp_path / "out"
+    (out / "jade" / "seed-0").mkdir(parents=True)
+    (out / "jade" / "seed-0" / "final.json").write_text('{"steps": 6}')
+    io.atomic_write_json(out / "jadekit-output.json", {"recipe_fingerprint": "0123456789abcdef"})
+    cwd = os.getcwd()
+    os.chdir(tmp_path)
+    try:
+        assert run_cli(["run", str(recipe)]).exit_code == 2
+        forced = run_cli(["run", str(recipe), "--force"])
+        assert forced.exit_code == 0, forced.output
+        assert "skipped" not in forced.output  # the foreign run was discarded, not taken as finished
+        longer = ["run", str(recipe), "--set", "train.steps=8"]
+        refused = run_cli(longer)
+        resumed = run_cli([*longer, "--resume"])
+    finally:
+        os.chdir(cwd)
+    assert refused.exit_code == 2 and "different recipe" in refused.output
+    assert resumed.exit_code == 0 and "resuming at step 6" in resumed.output
+    assert train_steps(out / "jade" / "seed-0") == list(range(1, 9))
+
+
 # --- durable files -----------------------------------------------------------------------------------
 
 
@@ -396,7 +419,7 @@ def test_resume_takes_the_new_lr_and_divergence_keeps_the_checkpoint(tmp_path, d
 @pytest.mark.parametrize(
     ("exc", "code", "phrase"),
     [
-        (KeyboardInterrupt(), 130, "second Ctrl-C"),
+        (KeyboardInterrupt(), 130, "aborted by Ctrl-C"),
         (OSError(28, "No space left on device", "/x/checkpoint.pt"), 2, "(/x/checkpoint.pt): No space left on device"),
         (PermissionError(13, "Permission denied"), 2, "Permission denied"),
         (ValueError("plugin [bug]"), 1, "unexpected ValueError: plugin [bug]"),
