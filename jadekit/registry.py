@@ -30,9 +30,15 @@ class PluginInfo:
 
 
 def _info(ep: EntryPoint) -> PluginInfo:
+    """Read an entry point's provider from metadata; broken metadata must not break listing."""
     dist = getattr(ep, "dist", None)
-    name = dist.metadata["Name"] if dist is not None else "(unknown distribution)"
-    version = dist.version if dist is not None else "?"
+    name, version = "(unknown distribution)", "?"
+    if dist is not None:
+        try:
+            name = dist.metadata["Name"] or name
+            version = dist.version or version
+        except Exception:  # unreadable METADATA: still list the name, with what is known
+            pass
     return PluginInfo(ep.name, ep.value, name, version)
 
 
@@ -63,7 +69,14 @@ class Registry(Generic[T]):
         """Every registered name with its providers (several = a conflict); imports nothing."""
         only_core = os.environ.get(DISABLE_ENV, "") not in ("", "0")
         found: dict[str, list[PluginInfo]] = {}
-        for ep in self._discover(self.group):
+        try:
+            discovered = list(self._discover(self.group))
+        except Exception as e:  # e.g. a distribution with an unparsable entry_points.txt
+            raise PluginError(
+                f"cannot read the {self.group} entry points of the installed distributions: {type(e).__name__}: {e}",
+                hint=f"set {DISABLE_ENV}=1 to use the built-ins only, and reinstall the broken distribution.",
+            ) from None
+        for ep in discovered:
             info = _info(ep)
             if only_core and info.distribution != CORE_DISTRIBUTION:
                 continue

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -18,14 +19,16 @@ def register(app: typer.Typer) -> None:
 @plugins_app.command("list")
 def plugins_list(as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False) -> None:
     """Every dataset and backbone with its providing distribution (imports no plugin code)."""
+    from jadekit.cli import user_errors
     from jadekit.registry import backbones, datasets
 
-    rows = [
-        {"kind": reg.kind, "name": name, "distribution": p.distribution, "version": p.version, "conflict": len(ps) > 1}
-        for reg in (datasets, backbones)
-        for name, ps in reg.infos().items()
-        for p in ps
-    ]
+    with user_errors():
+        rows = [
+            {"kind": reg.kind, "name": name, "distribution": p.distribution, "version": p.version, "conflict": len(ps) > 1}
+            for reg in (datasets, backbones)
+            for name, ps in reg.infos().items()
+            for p in ps
+        ]
     if as_json:
         print(json.dumps(rows, indent=2))
         return
@@ -37,3 +40,88 @@ def plugins_list(as_json: Annotated[bool, typer.Option("--json", help="Print JSO
     out.print(table)
 
 
+
+KindOpt = Annotated[str | None, typer.Option("--kind", help="dataset or backbone, when NAME is both.")]
+
+
+def _parse_params(items: list[str] | None) -> dict:
+    from jadekit.config import parse_override
+
+    params: dict = {}
+    for item in items or []:
+        path, value = parse_override(item)
+        node = params
+        for part in path[:-1]:
+            node = node.setdefault(part, {})
+        node[path[-1]] = value
+    return params
+
+
+def _parse_shape(text: str) -> tuple[int, int, int]:
+    try:
+        c, h, w = (int(v) for v in text.replace("x", ",").split(","))
+    except ValueError:
+        raise typer.BadParameter(f"expected C,H,W (e.g. 1,64,64), got {text!r}") from None
+    return c, h, w
+
+
+@plugins_app.command("check")
+def plugins_check(
+    name: Annotated[str, typer.Argument(help="A registered dataset or backbone name.")],
+    kind: KindOpt = None,
+    param: Annotated[list[str] | None, typer.Option("--set", help="A plugin parameter: --set size=32 (repeatable).")] = None,
+    root: Annotated[Path | None, typer.Option(help="Data root for a dataset; default $JADEKIT_DATA, else ~/.cache/jadekit.")] = None,
+    no_load: Annotated[bool, typer.Option("--no-load", help="Dataset: check Params and info() only, read no file.")] = False,
+    download: Annotated[bool, typer.Option(help="Dataset: let load() download missing files.")] = False,
+    shape: Annotated[list[str] | None, typer.Option("--shape", help="Backbone: image shape C,H,W to try (repeatable).")] = None,
+) -> None:
+    """Run the conformance checks (jadekit.testing) on one installed plugin; exit 1 when it fails."""
+    from jadekit import registry, testing
+    from jadekit.cli import err, out, user_errors
+    from jadekit.config import DataConfig
+
+    with user_errors():
+        if kind not in (None, "dataset", "backbone"):
+            raise typer.BadParameter(f"--kind must be dataset or backbone, not {kind!r}")
+        regs = [r for r in (registry.datasets, registry.backbones) if kind in (None, r.kind) and name in r.infos()]
+        if not regs:  # raises, listing the available names
+            (registry.backbones if kind == "backbone" else registry.datasets).info(name)
+        params = _parse_params(param)
+        failed = False
+        for reg in regs:
+            info = reg.info(name)
+            obj = reg.load(name)
+            if reg.kind == "dataset":
+                data_root = None if no_load else (root or DataConfig(dataset=name).data_root())
+                problems = testing.check_dataset(obj, data_root, params, download=download)
+                what = "Params and info()" if data_root is None else f"train and test splits under {data_root}"
+            else:
+                shapes = [_parse_shape(s) for s in shape] if shape else testing.DEFAULT_SHAPES
+                problems = testing.check_backbone(obj, params, shapes=shapes)
+                what = f"shapes tried {[tuple(s) for s in shapes]}, latent sizes {list(testing.DEFAULT_LATENT_DIMS)}"
+            header = f"{reg.kind} '{name}' ({info.provider})"
+            if problems:
+                failed = True
+                err.print(f"[bold red]FAIL[/] {header}: {len(problems)} problem(s)", highlight=False)
+                for p in problems:
+                    err.print(f"  - {p}", highlight=False, soft_wrap=True)
+            else:
+                out.print(f"[green]ok[/] {header}: {what}", highlight=False, soft_wrap=True)
+    if failed:
+        raise typer.Exit(1)
+
+
+@plugins_app.command("new")
+def plugins_new(
+    name: Annotated[str, typer.Argument(help="Plugin name, e.g. `demo` (makes package jadekit-demo).")],
+    directory: Annotated[Path | None, typer.Option("--dir", help="Where to create it; default ./jadekit-NAME.")] = None,
+) -> None:
+    """Scaffold a plugin package: a dataset, a backbone, conformance tests and a recipe."""
+    from jadekit.cli import out, user_errors
+    from jadekit.scaffold import create
+
+    with user_errors():
+        target, files = create(name, directory)
+    out.print(f"[green]created[/] {target} ({len(files)} files). Next:", highlight=False)
+    out.print(f"  pip install -e '{target}[dev]'\n  pytest {target}/tests\n  jadekit run {target}/recipes/{name}.toml",
+              highlight=False, markup=False)

@@ -1,0 +1,1 @@
+"""jadekit-imagefolder: the `imagefolder` dataset, class-per-folder image trees."""

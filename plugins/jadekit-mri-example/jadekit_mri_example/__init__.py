@@ -1,0 +1,1 @@
+"""jadekit-mri-example: the `mri-slices` dataset and the `mri-cnn64` backbone."""

@@ -1,0 +1,451 @@
+"""Plugin discovery, its errors, the conformance checks (jadekit.testing) and `jadekit plugins`."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tomllib
+import types
+from importlib.metadata import EntryPoint
+from pathlib import Path
+from typing import ClassVar
+
+import pytest
+import torch
+from pydantic import BaseModel, ConfigDict
+from torch import nn
+from typer.testing import CliRunner
+
+from jadekit import registry
+from jadekit.cli import app
+from jadekit.data.base import DatasetInfo, ImageSet, NoParams
+from jadekit.errors import DataError, PluginError
+from jadekit.registry import DISABLE_ENV, Registry, check_backbone_object, check_dataset_object
+from jadekit.testing import ConformanceError, assert_backbone, assert_dataset, check_backbone, check_dataset
+
+runner = CliRunner()
+MOD = "fake_jadekit_plugin"
+
+# ------------------------------------------------------------------------- fake plugin objects
+
+
+class ToyParams(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    n: int = 12
+
+
+class Toy:
+    """A conforming adapter: deterministic data, patients 0-3 in train, 4-5 in test."""
+
+    Params: ClassVar[type[BaseModel]] = ToyParams
+    names = ("a", "b")
+
+    def info(self, params):
+        return DatasetInfo(self.names, (1, 4, 4))
+
+    def images(self, split, params):
+        g = torch.Generator().manual_seed(0 if split == "train" else 1)
+        return torch.randint(0, 256, (params.n, 1, 4, 4), generator=g, dtype=torch.uint8)
+
+    def load(self, root, split, params, download):
+        groups = torch.arange(params.n) % 4 + (0 if split == "train" else 4)
+        return ImageSet(self.images(split, params), torch.arange(params.n) % 2, self.names, (), groups)
+
+
+class ToyBackbone:
+    Params: ClassVar[type[BaseModel]] = NoParams
+
+    def encoder(self, in_shape, out_dim, params):
+        return nn.Sequential(nn.Flatten(), nn.Linear(in_shape[0] * in_shape[1] * in_shape[2], out_dim))
+
+    def decoder(self, latent_dim, out_shape, params):
+        c, h, w = out_shape
+        return nn.Sequential(nn.Linear(latent_dim, c * h * w), nn.Unflatten(1, out_shape))
+
+
+class NotAPlugin:
+    """Wrong type: neither info/load nor Params."""
+
+
+@pytest.fixture
+def fake_module(monkeypatch):
+    module = types.ModuleType(MOD)
+    module.Toy, module.ToyBackbone, module.NotAPlugin = Toy, ToyBackbone, NotAPlugin
+    monkeypatch.setitem(sys.modules, MOD, module)
+    return module
+
+
+class FakeDist:
+    def __init__(self, name: str, version: str = "1.0", broken: bool = False) -> None:
+        self._name, self.version, self._broken = name, version, broken
+
+    @property
+    def metadata(self):
+        if self._broken:
+            raise ValueError("unparsable METADATA")
+        return {"Name": self._name}
+
+
+def ep(name: str, value: str, dist: str = "jadekit-toy", version: str = "1.0", group: str = "jadekit.datasets", **kw):
+    """An entry point as importlib.metadata yields it, with its distribution attached."""
+    return EntryPoint(name, value, group)._for(FakeDist(dist, version, **kw))
+
+
+def datasets_of(*eps) -> Registry:
+    return Registry("jadekit.datasets", "dataset", check_dataset_object, discover=lambda group: list(eps))
+
+
+def backbones_of(*eps) -> Registry:
+    return Registry("jadekit.backbones", "backbone", check_backbone_object, discover=lambda group: list(eps))
+
+
+# ---------------------------------------------------------------------------------- discovery
+
+
+def test_listing_imports_nothing():
+    reg = datasets_of(ep("toy", "module_that_does_not_exist:Toy", "jadekit-toy", "2.1"), ep("mnist", "x:y", "jadekit", "0.1.0"))
+    infos = reg.infos()
+    assert list(infos) == ["mnist", "toy"]
+    assert infos["toy"][0].provider == "jadekit-toy 2.1"
+    assert reg.names() == ["mnist", "toy"]
+    assert "module_that_does_not_exist" not in sys.modules
+
+
+def test_load_instantiates_classes_and_caches(fake_module):
+    reg = datasets_of(ep("toy", f"{MOD}:Toy"))
+    obj = reg.load("toy")
+    assert isinstance(obj, Toy) and reg.load("toy") is obj
+
+
+def test_unknown_name_lists_available():
+    reg = datasets_of(ep("toy", f"{MOD}:Toy"), ep("usps", "a:b"))
+    with pytest.raises(PluginError, match=r"unknown dataset 'svnh'\. Available: toy, usps\."):
+        reg.load("svnh")
+
+
+def test_broken_import_names_distribution_and_version_and_breaks_only_its_name(fake_module):
+    reg = datasets_of(ep("broken", "no_such_module_xyz:Thing", "jadekit-broken", "0.3.1"), ep("toy", f"{MOD}:Toy"))
+    with pytest.raises(PluginError, match=r"dataset 'broken' from jadekit-broken 0\.3\.1 failed to import: ModuleNotFoundError"):
+        reg.load("broken")
+    assert isinstance(reg.load("toy"), Toy)
+
+
+def test_wrong_type_breaks_the_contract(fake_module):
+    reg = datasets_of(ep("bad", f"{MOD}:NotAPlugin", "jadekit-bad", "9"))
+    with pytest.raises(PluginError, match=r"jadekit-bad 9 breaks the dataset contract: missing method info\(\).*Params"):
+        reg.load("bad")
+
+
+def test_uninstantiable_class(fake_module):
+    class NeedsArgs(Toy):
+        def __init__(self, x):
+            pass
+
+    fake_module.NeedsArgs = NeedsArgs
+    with pytest.raises(PluginError, match="jadekit-toy 1.0 cannot be instantiated"):
+        datasets_of(ep("x", f"{MOD}:NeedsArgs")).load("x")
+
+
+def test_bad_metadata_still_lists():
+    reg = datasets_of(ep("odd", "m:o", broken=True))
+    assert reg.info("odd").provider == "(unknown distribution) ?"
+
+
+def test_duplicate_names_across_distributions_name_both(fake_module):
+    reg = datasets_of(ep("toy", f"{MOD}:Toy", "jadekit-one", "1.0"), ep("toy", f"{MOD}:Toy", "jadekit-two", "2.0"))
+    with pytest.raises(PluginError, match=r"'toy' is registered by jadekit-one 1\.0 and jadekit-two 2\.0"):
+        reg.load("toy")
+
+
+def test_same_distribution_seen_twice_is_not_a_conflict(fake_module):
+    reg = datasets_of(ep("toy", f"{MOD}:Toy"), ep("toy", f"{MOD}:Toy"))
+    assert isinstance(reg.load("toy"), Toy)
+
+
+def test_disable_autoload_keeps_only_builtins(monkeypatch):
+    reg = datasets_of(ep("toy", "m:o", "jadekit-toy"), ep("mnist", "m:o", "jadekit"))
+    monkeypatch.setenv(DISABLE_ENV, "1")
+    assert reg.names() == ["mnist"]
+    with pytest.raises(PluginError, match="unknown dataset 'toy'"):
+        reg.info("toy")
+    monkeypatch.setenv(DISABLE_ENV, "0")
+    assert reg.names() == ["mnist", "toy"]
+
+
+def test_discovery_failure_is_a_plugin_error():
+    def explode(group):
+        raise ValueError("bad entry_points.txt")
+
+    with pytest.raises(PluginError, match=f"bad entry_points.txt.*\n.*{DISABLE_ENV}=1"):
+        Registry("g", "dataset", check_dataset_object, discover=explode).names()
+
+
+def test_real_builtins_are_registered():
+    assert {"mnist", "usps", "svhn"} <= set(registry.datasets.names())
+    assert registry.backbones.info("paper-mnist").distribution == "jadekit"
+
+
+# -------------------------------------------------------------------------------- CLI: list
+
+
+@pytest.fixture
+def fake_registries(monkeypatch, fake_module):
+    ds = datasets_of(
+        ep("toy", f"{MOD}:Toy"),
+        ep("broken", "no_such_module_xyz:T", "jadekit-broken", "0.3.1"),
+        ep("twice", f"{MOD}:Toy", "jadekit-one"),
+        ep("twice", f"{MOD}:Toy", "jadekit-two"),
+    )
+    bb = backbones_of(ep("toy-net", f"{MOD}:ToyBackbone", group="jadekit.backbones"),
+                      ep("no-net", f"{MOD}:NotAPlugin", group="jadekit.backbones"))
+    monkeypatch.setattr(registry, "datasets", ds)
+    monkeypatch.setattr(registry, "backbones", bb)
+    return ds, bb
+
+
+def test_list_works_with_broken_and_duplicate_plugins(fake_registries):
+    result = runner.invoke(app, ["plugins", "list", "--json"])
+    assert result.exit_code == 0, result.output
+    rows = json.loads(result.output)
+    assert {"kind": "dataset", "name": "broken", "distribution": "jadekit-broken", "version": "0.3.1", "conflict": False} in rows
+    assert [r["distribution"] for r in rows if r["name"] == "twice"] == ["jadekit-one", "jadekit-two"]
+    assert all(r["conflict"] for r in rows if r["name"] == "twice")
+    table = runner.invoke(app, ["plugins", "list"])
+    assert table.exit_code == 0 and "toy-net" in table.output and "conflict" in table.output
+
+
+# ------------------------------------------------------------------------------- CLI: check
+
+
+def test_check_command(fake_registries, tmp_path):
+    ok = runner.invoke(app, ["plugins", "check", "toy", "--root", str(tmp_path), "--set", "n=8"])
+    assert ok.exit_code == 0, ok.output
+    assert "ok dataset 'toy' (jadekit-toy 1.0)" in ok.output
+    assert runner.invoke(app, ["plugins", "check", "toy-net", "--shape", "2,5,7"]).exit_code == 0
+    bad_param = runner.invoke(app, ["plugins", "check", "toy", "--no-load", "--set", "m=1"])
+    assert bad_param.exit_code == 1 and "Params rejects" in bad_param.output
+    broken = runner.invoke(app, ["plugins", "check", "broken"])
+    assert broken.exit_code == 2 and "jadekit-broken 0.3.1 failed to import" in broken.output
+    wrong = runner.invoke(app, ["plugins", "check", "no-net"])
+    assert wrong.exit_code == 2 and "breaks the backbone contract" in wrong.output
+    unknown = runner.invoke(app, ["plugins", "check", "nope"])
+    assert unknown.exit_code == 2 and "Available: broken, toy, twice" in unknown.output
+
+
+# ------------------------------------------------------------------------- conformance: data
+
+
+def test_good_adapter_conforms(tmp_path):
+    assert check_dataset(Toy(), root=tmp_path) == []
+    assert check_dataset(Toy) == []  # a class is instantiated; without root no file is read
+    assert_dataset(Toy(), tmp_path, {"n": 6})
+
+
+class WrongDtype(Toy):
+    def load(self, root, split, params, download):
+        s = super().load(root, split, params, download)
+        return types.SimpleNamespace(images=s.images.float(), labels=s.labels)
+
+
+class ShapeMismatch(Toy):
+    def info(self, params):
+        return DatasetInfo(self.names, (3, 4, 4))
+
+
+class OtherClassNames(Toy):
+    def load(self, root, split, params, download):
+        s = super().load(root, split, params, download)
+        return ImageSet(s.images, s.labels, ("b", "a"), s.files, s.groups)
+
+
+class Random(Toy):
+    def images(self, split, params):
+        return torch.randint(0, 256, (params.n, 1, 4, 4), dtype=torch.uint8)
+
+
+class LeakyPatients(Toy):
+    def load(self, root, split, params, download):
+        s = super().load(root, split, params, download)
+        return ImageSet(s.images, s.labels, s.class_names, s.files, torch.arange(params.n) % 4)
+
+
+class SharedFiles(Toy):
+    def load(self, root, split, params, download):
+        s = super().load(root, split, params, download)
+        files = tuple(Path(root) / f"{i}.png" for i in range(params.n))
+        return ImageSet(s.images, s.labels, s.class_names, files)
+
+
+class OneClass(Toy):
+    def info(self, params):
+        return DatasetInfo(("only",), (1, 4, 4))
+
+
+class Crashes(Toy):
+    def load(self, root, split, params, download):
+        raise DataError("file missing")
+
+
+class BadLabelsInLoad(Toy):
+    def load(self, root, split, params, download):
+        return ImageSet(self.images(split, params), torch.full((params.n,), 5), self.names)
+
+
+@pytest.mark.parametrize(
+    ("adapter", "match"),
+    [
+        (NotAPlugin(), r"missing method info\(\)"),
+        (WrongDtype(), "returned SimpleNamespace, expected jadekit.data.base.ImageSet"),
+        (ShapeMismatch(), r"images have shape \(1, 4, 4\), but info\(\) declares \(3, 4, 4\)"),
+        (OtherClassNames(), r"class_names \['b', 'a'\] differ from info\(\)"),
+        (Random(), "two loads with the same params differ"),
+        (LeakyPatients(), "appear in both train and test"),
+        (SharedFiles(), "file\\(s\\) in both train and test"),
+        (OneClass(), "needs at least 2"),
+        (Crashes(), "load\\(split='train'\\) raised DataError: file missing"),
+        (BadLabelsInLoad(), "raised PluginError: dataset returned invalid data: labels must lie in \\[0, 2\\)"),
+    ],
+)
+def test_broken_adapters_fail(tmp_path, adapter, match):
+    problems = check_dataset(adapter, root=tmp_path)
+    assert any(__import__("re").search(match, p) for p in problems), problems
+    with pytest.raises(ConformanceError, match=match):
+        assert_dataset(adapter, tmp_path)
+
+
+def test_bad_params_are_reported():
+    assert "Params rejects params {'n': 'many'}" in check_dataset(Toy(), params={"n": "many"})[0]
+    assert "params is a NoParams, expected ToyParams" in check_dataset(Toy(), params=NoParams())[0]
+
+
+# --------------------------------------------------------------------- conformance: backbones
+
+
+@pytest.mark.parametrize("name", ["paper-mnist", "cnn"])
+def test_builtin_backbones_conform(name):
+    params = {"filters": [4, 4], "pool": [True, False]} if name == "cnn" else None
+    assert_backbone(registry.backbones.load(name), params, latent_dims=(1, 7))
+
+
+class WrongLatent(ToyBackbone):
+    def encoder(self, in_shape, out_dim, params):
+        return super().encoder(in_shape, out_dim + 1, params)
+
+
+class WrongDecoderShape(ToyBackbone):
+    def decoder(self, latent_dim, out_shape, params):
+        c, h, w = out_shape
+        return super().decoder(latent_dim, (c, h + 1, w), params)
+
+
+class NotAModule(ToyBackbone):
+    def encoder(self, in_shape, out_dim, params):
+        return lambda x: x
+
+
+class Frozen(ToyBackbone):
+    def decoder(self, latent_dim, out_shape, params):
+        d = super().decoder(latent_dim, out_shape, params)
+        d.requires_grad_(False)
+        return d
+
+
+class RefusesAll(ToyBackbone):
+    def encoder(self, in_shape, out_dim, params):
+        raise DataError("no")
+
+
+class RaisesWrongError(ToyBackbone):
+    def encoder(self, in_shape, out_dim, params):
+        raise ValueError("too small")
+
+
+@pytest.mark.parametrize(
+    ("backbone", "match"),
+    [
+        (NotAPlugin(), r"missing method encoder\(\)"),
+        (WrongLatent(), r"encoder\(shape \(1, 28, 28\), latent 1\) output is \(3, 2\), expected \(3, 1\)"),
+        (WrongDecoderShape(), r"decoder\(.*\) output is \(3, 1, 29, 28\), expected \(3, 1, 28, 28\) \(the input shape\)"),
+        (NotAModule(), "returned function, expected torch.nn.Module"),
+        (Frozen(), "decoder.*has no trainable parameters"),
+        (RefusesAll(), "accepts none of the shapes tried"),
+        (RaisesWrongError(), "raised ValueError: too small \\(refuse shapes with DataError\\)"),
+    ],
+)
+def test_broken_backbones_fail(backbone, match):
+    problems = check_backbone(backbone)
+    assert any(__import__("re").search(match, p) for p in problems), problems
+    with pytest.raises(ConformanceError, match=match):
+        assert_backbone(backbone)
+
+
+def test_good_backbone_conforms():
+    assert check_backbone(ToyBackbone, shapes=[(2, 3, 5)], latent_dims=(1, 4)) == []
+
+
+# ------------------------------------------------------------------------------ CLI: new
+
+
+def test_new_scaffolds_a_package(tmp_path):
+    target = tmp_path / "pkg"
+    result = runner.invoke(app, ["plugins", "new", "pancreas-mri", "--dir", str(target)])
+    assert result.exit_code == 0, result.output
+    files = sorted(str(p.relative_to(target)) for p in target.rglob("*") if p.is_file())
+    assert files == [
+        "README.md", "jadekit_pancreas_mri/__init__.py", "jadekit_pancreas_mri/backbone.py", "jadekit_pancreas_mri/dataset.py",
+        "pyproject.toml", "recipes/pancreas-mri.toml", "tests/test_jadekit_pancreas_mri.py",
+    ]
+    meta = tomllib.loads((target / "pyproject.toml").read_text())
+    assert meta["project"]["name"] == "jadekit-pancreas-mri"
+    eps = meta["project"]["entry-points"]
+    assert eps["jadekit.datasets"] == {"pancreas-mri": "jadekit_pancreas_mri.dataset:PancreasMriDataset"}
+    assert eps["jadekit.backbones"] == {"pancreas-mri-cnn": "jadekit_pancreas_mri.backbone:PancreasMriBackbone"}
+    recipe = tomllib.loads((target / "recipes/pancreas-mri.toml").read_text())
+    assert recipe["primary"]["dataset"] == "pancreas-mri"
+    for f in target.rglob("*.py"):
+        compile(f.read_text(), str(f), "exec")
+    assert "{{" not in "".join(f.read_text() for f in target.rglob("*") if f.is_file())
+
+
+def test_new_scaffold_modules_conform(tmp_path, monkeypatch):
+    """The generated adapter and backbone pass the checks, without installing the package."""
+    target = tmp_path / "pkg"
+    assert runner.invoke(app, ["plugins", "new", "demo", "--dir", str(target)]).exit_code == 0
+    monkeypatch.syspath_prepend(str(target))
+    from jadekit_demo.backbone import DemoBackbone
+    from jadekit_demo.dataset import DemoDataset
+
+    assert_dataset(DemoDataset(), tmp_path / "data", {"size": 12}, download=True)
+    assert_backbone(DemoBackbone(), {"width": 2}, shapes=[(1, 9, 13)], latent_dims=(3,))
+    for m in [m for m in sys.modules if m.startswith("jadekit_demo")]:
+        monkeypatch.delitem(sys.modules, m)
+
+
+@pytest.mark.parametrize(("name", "match"), [("Bad_Name", "not a valid plugin name"), ("ok", "already exists")])
+def test_new_refuses(tmp_path, name, match):
+    (tmp_path / "x").mkdir()
+    (tmp_path / "x" / "file").write_text("")
+    result = runner.invoke(app, ["plugins", "new", name, "--dir", str(tmp_path / "x")])
+    assert result.exit_code == 2 and match in result.output
+
+
+@pytest.mark.slow
+def test_new_package_installs_passes_its_tests_and_runs(tmp_path):
+    """`plugins new demo` -> pip install (into a private target, not the shared venv) -> pytest -> jadekit run."""
+    target = tmp_path / "jadekit-demo"
+    assert runner.invoke(app, ["plugins", "new", "demo", "--dir", str(target)]).exit_code == 0
+    site = tmp_path / "site"
+    pip = [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation", "--target", str(site), str(target)]
+    subprocess.run(pip, check=True)
+    env = {**os.environ, "PYTHONPATH": str(site)}
+    subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests"], cwd=target, env=env, check=True)
+    jadekit = str(Path(sys.executable).parent / "jadekit")
+    listed = subprocess.run([jadekit, "plugins", "list", "--json"], env=env, check=True, capture_output=True, text=True, cwd=target)
+    assert {"demo", "demo-cnn"} <= {r["name"] for r in json.loads(listed.stdout)}
+    run = [jadekit, "run", "recipes/demo.toml", "--set", "train.steps=4", "--set", "train.eval_every=2"]
+    done = subprocess.run(run, env=env, cwd=target, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert (target / "runs/demo/jade/seed-0/final.json").exists()
