@@ -331,10 +331,6 @@ def _refresh_marker(c: Ctx, base: bytes) -> None:
     marker.write_text(json.dumps({"recipe_fingerprint": recipe_fingerprint(r), "experiment": r.experiment.name}, indent=2) + "\n")
 
 
-# Errors raised in jadekit/data/prepare.py without a `hint` (reported to its owner); they still name the problem.
-NO_HINT_YET = {"plugin-returns-dict", "plugin-raises-on-load"}
-
-
 def tree_hashes(root: Path) -> dict[str, str]:
     return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(root.rglob("*")) if p.is_file()}
 
@@ -370,8 +366,7 @@ def test_bad_input(tmp_path, data_root, monkeypatch, name, setup, phrase, code):
     assert phrase in result.output, result.output
     lines = result.output.splitlines()
     assert sum(line.startswith("error:") for line in lines) == 1, result.output
-    if name not in NO_HINT_YET:
-        assert any(line.startswith("fix:") for line in lines) or "problem(s)" in result.output, result.output
+    assert any(line.startswith("fix:") for line in lines) or "problem(s)" in result.output, result.output
     after = tree_hashes(tmp_path)
     assert {k: v for k, v in after.items() if k in before} == before  # nothing that existed was changed
     assert not [k for k in after if k not in before and not k.startswith("out/jade/seed-0")], after.keys() - before.keys()

@@ -51,9 +51,15 @@ def load_split(name: str, adapter, params, cfg: DataConfig, split: Split, expect
     except JadekitError:
         raise
     except Exception as e:  # a plugin bug must not surface as a traceback
-        raise PluginError(f"dataset '{name}' failed to load its {split} split: {type(e).__name__}: {e}") from None
+        raise PluginError(
+            f"dataset '{name}' failed to load its {split} split: {type(e).__name__}: {e}",
+            hint=f"fix or reinstall the plugin that provides '{name}' (`jadekit plugins check {name}`).",
+        ) from None
     if not isinstance(data, ImageSet):
-        raise PluginError(f"dataset '{name}' returned {type(data).__name__}, expected jadekit.data.base.ImageSet")
+        raise PluginError(
+            f"dataset '{name}' returned {type(data).__name__}, expected jadekit.data.base.ImageSet",
+            hint=f"fix the plugin that provides '{name}' (see docs/plugins.md, `jadekit plugins check {name}`).",
+        )
     if cfg.resize is not None:
         data = ImageSet(resize_images(data.images, cfg.resize), data.labels, data.class_names, data.files, data.groups)
     if data.image_shape != tuple(expected_shape):
