@@ -70,7 +70,7 @@ def build_report(run_dir: Path, out_dir: Path | None = None, device: str | torch
     origin = torch.cat([torch.full((len(y[d]),), i) for i, d in enumerate(domains)])
     rep.figures["pca"] = figures.pca_scatter(xy, share, labels, run.resolved.class_names, origin,
                                              [names[d] for d in domains], what, out / "pca.png")
-    rep.captions["pca"] = f"2-D PCA of the {what} of test images, coloured by class and by dataset of origin."
+    rep.captions["pca"] = f"2-D PCA of the {what} of test images, coloured by class (and by dataset of origin when there are two)."
     if is_jade:
         _jade_figures(rep, run, x, y, z, c, seed)
     _write(rep, run)
@@ -137,6 +137,17 @@ def _jade_figures(rep: Report, run: LoadedRun, x: dict, y: dict, z: dict, c: int
                              "each dataset's decoder.")
 
 
+TITLES = {
+    "curves": "Training curves",
+    "probes": "Linear probes",
+    "pca": "PCA of the latent space",
+    "fig2": "Fig. 2: normalised latent activations",
+    "fig2_variance": "Fig. 2: within-class variance per latent dim",
+    "reconstructions": "Reconstructions",
+    "swaps": "Style/content swaps",
+}
+
+
 def _table(rep: Report) -> list[str]:
     lines = ["| probe | held-out accuracy | chance | n (train / test) |", "| --- | --- | --- | --- |"]
     for name, p in rep.probes.items():
@@ -153,9 +164,9 @@ def _write(rep: Report, run: LoadedRun) -> None:
         aux = f.get("auxiliary_test_error")
         md += [f"Primary test error {f['primary_test_error']:.2f}%"
                + (f", auxiliary {aux:.2f}%" if aux is not None else "") + f"; best step {f.get('best_step')}.", ""]
-    md += ["## Linear probes", "", *_table(rep), ""]
+    md += ["## Probe scores", "", *_table(rep), ""]
     for key, path in rep.figures.items():
-        md += [f"## {key}", "", rep.captions.get(key, ""), "", f"![{key}]({path.name})", ""]
+        md += [f"## {TITLES.get(key, key)}", "", rep.captions.get(key, ""), "", f"![{key}]({path.name})", ""]
     rep.markdown = rep.out_dir / "report.md"
     atomic_write_text(rep.markdown, "\n".join(md))
     atomic_write_json(rep.out_dir / "report.json", {"run_dir": str(run.run_dir), "method": run.method, "probes": rep.probes,

@@ -176,10 +176,11 @@ def probe_bars(probes: dict[str, dict[str, float]], path: Path) -> Path:
 
 def pca_scatter(xy: torch.Tensor, share: list[float], labels: torch.Tensor, class_names: tuple[str, ...],
                 origin: torch.Tensor, dataset_names: list[str], what: str, path: Path) -> Path:
-    """2-D PCA coloured by class (left) and by dataset of origin (right)."""
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4.2))
-    for ax, colour, names, cmap, title in ((axes[0], labels, class_names, "tab10", "by class"),
-                                           (axes[1], origin, dataset_names, "Set1", "by dataset")):
+    """2-D PCA coloured by class (left) and, when there are two datasets, by dataset of origin (right)."""
+    panels = [(labels, class_names, "tab10", "by class"), (origin, dataset_names, "Set1", "by dataset")]
+    panels = panels[: 1 if len(dataset_names) < 2 else 2]
+    fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 4.2), squeeze=False)
+    for ax, (colour, names, cmap, title) in zip(axes[0], panels, strict=True):
         cm = plt.get_cmap(cmap)
         for k, name in enumerate(names):
             m = colour == k
