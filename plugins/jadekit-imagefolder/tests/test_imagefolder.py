@@ -2,10 +2,8 @@
 
 from pathlib import Path
 
-import numpy as np
 import pytest
 from jadekit_imagefolder.adapter import ImageFolder, ImageFolderParams
-from PIL import Image
 
 from jadekit.errors import DataError
 from jadekit.testing import assert_dataset
@@ -13,29 +11,16 @@ from jadekit.testing import assert_dataset
 CLASSES = ["cat", "dog"]
 
 
-def _write(folder: Path, n: int, seed: int) -> None:
-    """n images per class, of mixed size, mode and format."""
-    rng = np.random.default_rng(seed)
-    for c in CLASSES:
-        (folder / c).mkdir(parents=True)
-        for i in range(n):
-            h, w = int(rng.integers(5, 40)), int(rng.integers(5, 40))
-            if i % 2:
-                Image.fromarray(rng.integers(0, 255, (h, w), dtype=np.uint8), "L").save(folder / c / f"{i}.png")
-            else:
-                Image.fromarray(rng.integers(0, 255, (h, w, 3), dtype=np.uint8), "RGB").save(folder / c / f"{i}.JPG")
-
-
 @pytest.fixture
-def split_tree(tmp_path):
-    _write(tmp_path / "pets" / "train", 4, 0)
-    _write(tmp_path / "pets" / "test", 2, 1)
+def split_tree(tmp_path, write_tree):
+    write_tree(tmp_path / "pets" / "train", 4, 0)
+    write_tree(tmp_path / "pets" / "test", 2, 1)
     return tmp_path
 
 
 @pytest.fixture
-def flat_tree(tmp_path):
-    _write(tmp_path / "pets", 6, 2)
+def flat_tree(tmp_path, write_tree):
+    write_tree(tmp_path / "pets", 6, 2)
     return tmp_path
 
 
