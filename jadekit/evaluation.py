@@ -8,15 +8,16 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from pydantic import BaseModel, ValidationError
 from torch import nn
 
 from jadekit import registry
 from jadekit.build import DOMAINS, Resolved, build_model, resolve
-from jadekit.config import METHODS, DataConfig, Method, load_recipe
+from jadekit.config import METHODS, DataConfig, Method, format_validation_error, load_recipe, parse_override
 from jadekit.data.base import ImageSet, Split
 from jadekit.data.prepare import load_split
 from jadekit.engine.evaluate import predict_logits, to_float
-from jadekit.errors import DataError, RunDirError
+from jadekit.errors import DataError, RecipeError, RunDirError
 from jadekit.io import atomic_write_json, atomic_write_text, load_checkpoint
 from jadekit.metrics import classification_report
 from jadekit.summary import mean_std, summarize, to_markdown
@@ -109,8 +110,23 @@ def own_test_sets(run: LoadedRun) -> list[EvalSet]:
     return sets
 
 
+def dataset_params(adapter, items: list[str] | None) -> BaseModel:
+    """Validate `key=value` items (TOML values, dotted keys nest) against an adapter's own params model."""
+    raw: dict = {}
+    for item in items or []:
+        path, value = parse_override(item)
+        node = raw
+        for part in path[:-1]:
+            node = node.setdefault(part, {})
+        node[path[-1]] = value
+    try:
+        return adapter.Params.model_validate(raw)
+    except ValidationError as e:
+        raise RecipeError(format_validation_error(e, prefix="--param")) from None
+
+
 def external_set(run: LoadedRun, name: str, root: Path | None = None, split: Split = "test", domain: str = "primary",
-                 resize: bool = False) -> EvalSet:
+                 resize: bool = False, params: list[str] | None = None) -> EvalSet:
     """A split of any registered dataset, checked against the trained encoder of `domain`.
 
     Raises:
@@ -120,8 +136,11 @@ def external_set(run: LoadedRun, name: str, root: Path | None = None, split: Spl
     if domain not in DOMAINS or (domain == "auxiliary" and not run.model.uses_auxiliary):
         raise DataError(f"the {run.method} model has no {domain} encoder", hint="use --domain primary.")
     adapter = registry.datasets.load(name)
-    params = adapter.Params.model_validate({})
-    info = adapter.info(params)
+    p = dataset_params(adapter, params)
+    try:
+        info = adapter.info(p)
+    except Exception as e:  # a plugin bug must not surface as a traceback
+        raise DataError(f"dataset '{name}' failed to describe itself: {type(e).__name__}: {e}") from None
     if info.class_names != run.resolved.class_names:
         raise DataError(f"dataset '{name}' has classes {list(info.class_names)}, but the run was trained on "
                         f"{list(run.resolved.class_names)}; classes must match in number and order")
@@ -134,7 +153,7 @@ def external_set(run: LoadedRun, name: str, root: Path | None = None, split: Spl
         raise DataError(f"dataset '{name}' has images of shape {have}, but the {domain} encoder was trained on {want}",
                         hint=f"pass --resize to resize them to {want[1]}x{want[2]} (bilinear, antialiased).")
     cfg = DataConfig(dataset=name, root=root, download=False, resize=want[1:] if have != want else None)
-    return EvalSet(name, split, domain, load_split(name, adapter, params, cfg, split, want))
+    return EvalSet(name, split, domain, load_split(name, adapter, p, cfg, split, want))
 
 
 @torch.inference_mode()
@@ -174,10 +193,10 @@ def unused_path(directory: Path, stem: str, suffix: str = ".json") -> Path:
 
 def evaluate_run(run_dir: Path, dataset: str | None = None, root: Path | None = None, split: Split = "test",
                  domain: str = "primary", resize: bool = False, overrides: list[str] | None = None,
-                 device: torch.device | str = "cpu", write: bool = True) -> dict:
+                 params: list[str] | None = None, device: torch.device | str = "cpu", write: bool = True) -> dict:
     """Evaluate one run directory and write `eval-<dataset>-<split>[-N].json` into it."""
     run = load_run(run_dir, overrides, device)
-    sets = own_test_sets(run) if dataset is None else [external_set(run, dataset, root, split, domain, resize)]
+    sets = own_test_sets(run) if dataset is None else [external_set(run, dataset, root, split, domain, resize, params)]
     record = {"run_dir": str(run.run_dir), "experiment": run.resolved.recipe.experiment.name, "method": run.method, "seed": run.seed,
               "results": [evaluate_set(run, s) for s in sets]}
     if write:

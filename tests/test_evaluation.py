@@ -195,3 +195,13 @@ def test_recipe_edited_after_training(trained, tmp_path):
     shutil.copytree(trained / "single" / "seed-0", run)
     result = runner.invoke(app, ["eval", str(run), "--set", "model.classifier_hidden=[64]"])
     assert result.exit_code == 2 and "does not fit" in result.output
+
+
+def test_dataset_params_are_validated_by_the_adapter(trained):
+    result = runner.invoke(app, ["eval", str(trained / "single" / "seed-0"), "--dataset", "mnist", "--param", "colour=1"])
+    assert result.exit_code == 2 and "--param.colour" in result.output
+
+
+def test_options_of_dataset_need_dataset(trained):
+    result = runner.invoke(app, ["eval", str(trained / "single" / "seed-0"), "--resize"])
+    assert result.exit_code == 2 and "apply to --dataset only" in result.output

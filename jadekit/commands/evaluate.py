@@ -47,6 +47,7 @@ def evaluate(
     split: Annotated[str, typer.Option(help="Split of --dataset: train or test.")] = "test",
     domain: Annotated[str, typer.Option(help="Encoder --dataset goes through: primary or auxiliary.")] = "primary",
     resize: Annotated[bool, typer.Option("--resize", help="Resize --dataset images to the encoder's input size.")] = False,
+    param: Annotated[list[str] | None, typer.Option("--param", help="Parameter of --dataset, e.g. path=scans (repeatable).")] = None,
     set_: Annotated[list[str] | None, typer.Option("--set", help="Override a value of the run's recipe (repeatable).")] = None,
     device: DeviceOpt = "auto",
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
@@ -62,12 +63,12 @@ def evaluate(
             raise JadekitError(f"--split {split!r}: expected train or test")
         if domain not in ("primary", "auxiliary"):
             raise JadekitError(f"--domain {domain!r}: expected primary or auxiliary")
-        if dataset is None and (root is not None or resize or split != "test"):
-            raise JadekitError("--root, --resize and --split apply to --dataset only",
+        if dataset is None and (root is not None or resize or split != "test" or param):
+            raise JadekitError("--root, --resize, --split and --param apply to --dataset only",
                                hint="add --dataset NAME, or use --set primary.root=... for the run's own data.")
         s: Literal["train", "test"] = split  # type: ignore[assignment]
         result = evaluate_path(run_dir, dataset=dataset, root=root, split=s, domain=domain, resize=resize,
-                               overrides=set_, device=pick_device(device))
+                               overrides=set_, params=param, device=pick_device(device))
     if as_json:
         print(json.dumps(safe_json(result), indent=2))
         return
