@@ -324,10 +324,19 @@ def test_bad_params_are_reported():
 # --------------------------------------------------------------------- conformance: backbones
 
 
-@pytest.mark.parametrize("name", ["paper-mnist", "cnn"])
+@pytest.mark.parametrize("name", ["paper-mnist", "paper-svhn", "cnn"])
 def test_builtin_backbones_conform(name):
     params = {"filters": [4, 4], "pool": [True, False]} if name == "cnn" else None
-    assert_backbone(registry.backbones.load(name), params, latent_dims=(1, 7))
+    assert_backbone(registry.backbones.load(name), params, shapes=[(1, 28, 28), (3, 32, 32)], latent_dims=(1, 7))
+
+
+BUILTIN_DATASETS = sorted(n for n, ps in registry.datasets.infos().items() if ps[0].distribution == "jadekit")
+
+
+@pytest.mark.parametrize("name", BUILTIN_DATASETS)
+def test_builtin_datasets_declare_themselves(name):
+    """Every built-in dataset: structure, default Params and info() (no data files needed)."""
+    assert_dataset(registry.datasets.load(name))
 
 
 class WrongLatent(ToyBackbone):
