@@ -232,7 +232,7 @@ def test_check_command(fake_registries, tmp_path):
     wrong = runner.invoke(app, ["plugins", "check", "no-net"])
     assert wrong.exit_code == 2 and "breaks the backbone contract" in wrong.output
     unknown = runner.invoke(app, ["plugins", "check", "nope"])
-    assert unknown.exit_code == 2 and "Available: broken, toy, twice" in unknown.output
+    assert unknown.exit_code == 2 and "Available datasets: broken, toy, twice; backbones: no-net, toy-net." in unknown.output
 
 
 # ------------------------------------------------------------------------- conformance: data

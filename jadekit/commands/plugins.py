@@ -84,8 +84,13 @@ def plugins_check(
         if kind not in (None, "dataset", "backbone"):
             raise typer.BadParameter(f"--kind must be dataset or backbone, not {kind!r}")
         regs = [r for r in (registry.datasets, registry.backbones) if kind in (None, r.kind) and name in r.infos()]
-        if not regs:  # raises, listing the available names
-            (registry.backbones if kind == "backbone" else registry.datasets).info(name)
+        if not regs:
+            from jadekit.errors import PluginError
+
+            known = [f"{r.kind}s: {', '.join(r.names()) or '(none)'}" for r in (registry.datasets, registry.backbones)
+                     if kind in (None, r.kind)]
+            raise PluginError(f"no {kind or 'dataset or backbone'} named '{name}'. Available {'; '.join(known)}.",
+                              hint="install the plugin that provides it (`jadekit plugins list` shows what is installed).")
         params = _parse_params(param)
         failed = False
         for reg in regs:
