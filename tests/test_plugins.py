@@ -74,6 +74,7 @@ class NotAPlugin:
 def fake_module(monkeypatch):
     module = types.ModuleType(MOD)
     module.Toy, module.ToyBackbone, module.NotAPlugin = Toy, ToyBackbone, NotAPlugin
+    module.OtherClassNames = OtherClassNames  # defined below, resolved when the fixture runs
     monkeypatch.setitem(sys.modules, MOD, module)
     return module
 
@@ -198,6 +199,7 @@ def fake_registries(monkeypatch, fake_module):
         ep("broken", "no_such_module_xyz:T", "jadekit-broken", "0.3.1"),
         ep("twice", f"{MOD}:Toy", "jadekit-one"),
         ep("twice", f"{MOD}:Toy", "jadekit-two"),
+        ep("renamed", f"{MOD}:OtherClassNames"),
     )
     bb = backbones_of(ep("toy-net", f"{MOD}:ToyBackbone", group="jadekit.backbones"),
                       ep("no-net", f"{MOD}:NotAPlugin", group="jadekit.backbones"))
@@ -227,12 +229,14 @@ def test_check_command(fake_registries, tmp_path):
     assert runner.invoke(app, ["plugins", "check", "toy-net", "--shape", "2,5,7"]).exit_code == 0
     bad_param = runner.invoke(app, ["plugins", "check", "toy", "--no-load", "--set", "m=1"])
     assert bad_param.exit_code == 1 and "Params rejects" in bad_param.output
+    renamed = runner.invoke(app, ["plugins", "check", "renamed", "--root", str(tmp_path)])
+    assert renamed.exit_code == 1 and "train: class_names ['b', 'a'] differ from info() ['a', 'b']" in renamed.output
     broken = runner.invoke(app, ["plugins", "check", "broken"])
     assert broken.exit_code == 2 and "jadekit-broken 0.3.1 failed to import" in broken.output
     wrong = runner.invoke(app, ["plugins", "check", "no-net"])
     assert wrong.exit_code == 2 and "breaks the backbone contract" in wrong.output
     unknown = runner.invoke(app, ["plugins", "check", "nope"])
-    assert unknown.exit_code == 2 and "Available datasets: broken, toy, twice; backbones: no-net, toy-net." in unknown.output
+    assert unknown.exit_code == 2 and "Available datasets: broken, renamed, toy, twice; backbones: no-net, toy-net." in unknown.output
 
 
 # ------------------------------------------------------------------------- conformance: data

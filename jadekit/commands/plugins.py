@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.markup import escape as rich_escape
 from rich.table import Table
 
 plugins_app = typer.Typer(no_args_is_help=True, help="List, check and scaffold plugins.")
@@ -109,9 +110,9 @@ def plugins_check(
                 failed = True
                 err.print(f"[bold red]FAIL[/] {header}: {len(problems)} problem(s)", highlight=False)
                 for p in problems:
-                    err.print(f"  - {p}", highlight=False, soft_wrap=True)
+                    err.print(f"  - {p}", highlight=False, soft_wrap=True, markup=False)
             else:
-                out.print(f"[green]ok[/] {header}: {what}", highlight=False, soft_wrap=True)
+                out.print(f"[green]ok[/] {header}: {rich_escape(what)}", highlight=False, soft_wrap=True)
     if failed:
         raise typer.Exit(1)
 
