@@ -1,0 +1,188 @@
+"""Training and evaluation throughput: jadekit vs a plain PyTorch reference, side by side.
+
+The reference is what one writes first: torchvision datasets, a DataLoader with a per-sample
+ToTensor, default (NCHW-contiguous) memory format, the same model and loss. jadekit keeps
+the data resident as uint8 tensors, draws batches by index, normalises per batch and runs
+channels-last. Also reports jadekit's achieved GFLOP/s against this machine's measured
+dense-convolution peak.
+
+    JADEKIT_DATA=../shared/data python benchmarks/throughput.py [--steps 40] [--json out.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import json
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from torch.utils.data import DataLoader, Subset
+from torch.utils.flop_counter import FlopCounterMode
+from torchvision import datasets, transforms
+
+from jadekit.build import build_model, load_resolved
+from jadekit.data.sampler import PairedBatchSampler
+from jadekit.engine.evaluate import predict_logits, to_float
+from jadekit.engine.loop import LoopPlan, LoopState, fit
+from jadekit.engine.models import Batch, LossWeights
+from jadekit.runner import DataCache
+
+RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "usps_mnist.toml"
+METHODS = ("single", "paired", "jade")
+
+
+def conv_peak_gflops(seconds: float = 3.0) -> float:
+    """GFLOP/s of a large dense 3x3 convolution (forward), channels-last: this machine's conv peak."""
+    conv = torch.nn.Conv2d(128, 128, 3, padding=1).to(memory_format=torch.channels_last)
+    x = torch.randn(32, 128, 32, 32).contiguous(memory_format=torch.channels_last)
+    flops = 2 * 32 * 128 * 128 * 9 * 32 * 32
+    with torch.inference_mode():
+        for _ in range(3):
+            conv(x)
+        n, start = 0, time.perf_counter()
+        while time.perf_counter() - start < seconds:
+            conv(x)
+            n += 1
+    return flops * n / (time.perf_counter() - start) / 1e9
+
+
+def step_flops(model: torch.nn.Module, batch: Batch) -> int:
+    """FLOPs of one training step (forward + backward), counted by torch's FlopCounterMode."""
+    with FlopCounterMode(display=False) as counter:
+        model.loss_terms(batch, LossWeights())["total"].backward()
+    model.zero_grad(set_to_none=True)
+    return counter.get_total_flops()
+
+
+def jadekit_train(method: str, resolved, cache: DataCache, steps: int) -> tuple[float, float]:
+    """(samples/s, GFLOP/s) of jadekit's own training loop."""
+    data = {d: cache.domain(d, 0) for d in ("primary", "auxiliary")}
+    p, a = data["primary"], data["auxiliary"]
+    t = resolved.recipe.train
+    torch.manual_seed(0)
+    model = build_model(method, resolved)
+    opt = torch.optim.AdamW(model.parameters(), lr=t.lr)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
+    sampler = PairedBatchSampler(p.train_y, a.train_y if model.uses_auxiliary else None, t.batch_size, t.batch_size, 0)
+
+    def draw() -> Batch:
+        pi, ai = sampler.next()
+        if ai is None:
+            return Batch(to_float(p.train_x[pi]), p.train_y[pi])
+        return Batch(to_float(p.train_x[pi]), p.train_y[pi], to_float(a.train_x[ai]), a.train_y[ai])
+
+    flops = step_flops(model, draw())
+    val = lambda: {"accuracy": 0.0, "nll": 0.0}  # noqa: E731  (no validation inside the timing)
+    fit(model, opt, sched, draw, lambda s: LossWeights(), val, LoopPlan(5, 10**9, 10**9))  # warm-up
+    start = time.perf_counter()
+    fit(model, opt, sched, draw, lambda s: LossWeights(), val, LoopPlan(5 + steps, 10**9, 10**9), LoopState(step=5))
+    elapsed = time.perf_counter() - start
+    samples = steps * t.batch_size * (2 if model.uses_auxiliary else 1)
+    return samples / elapsed, flops * steps / elapsed / 1e9
+
+
+def reference_sets(root: Path, tmp: Path):
+    """torchvision's own datasets (MNIST needs its IDX files decompressed: do that in a temp dir)."""
+    raw = tmp / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    for f in (root / "MNIST" / "raw").iterdir():
+        if f.suffix == ".gz":
+            with gzip.open(f) as src, open(raw / f.stem, "wb") as dst:
+                shutil.copyfileobj(src, dst)
+        else:
+            shutil.copy(f, raw / f.name)
+    tt = transforms.ToTensor()
+    return {
+        "usps_train": datasets.USPS(str(root / "USPS"), train=True, transform=tt),
+        "usps_test": datasets.USPS(str(root / "USPS"), train=False, transform=tt),
+        "mnist_train": datasets.MNIST(str(tmp), train=True, transform=tt),
+        "mnist_test": datasets.MNIST(str(tmp), train=False, transform=tt),
+    }
+
+
+def reference_train(method: str, resolved, sets, indices: dict, steps: int) -> float:
+    """Samples/s of the plain loop: two DataLoaders, per-sample ToTensor, NCHW-contiguous."""
+    t = resolved.recipe.train
+    torch.manual_seed(0)
+    model = build_model(method, resolved).to(memory_format=torch.contiguous_format)
+    opt = torch.optim.AdamW(model.parameters(), lr=t.lr)
+    prim = DataLoader(Subset(sets["usps_train"], indices["primary"]), batch_size=t.batch_size, shuffle=True, drop_last=True)
+    aux = DataLoader(Subset(sets["mnist_train"], indices["auxiliary"]), batch_size=t.batch_size, shuffle=True, drop_last=True)
+
+    def batches():
+        while True:
+            yield from zip(prim, aux, strict=False)
+
+    it = batches()
+    done, start = -5, 0.0
+    for (x, y), (xa, ya) in it:
+        if done == 0:
+            start = time.perf_counter()
+        if done == steps:
+            break
+        opt.zero_grad()
+        model.loss_terms(Batch(x, y, xa, ya), LossWeights())["total"].backward()
+        opt.step()
+        done += 1
+    elapsed = time.perf_counter() - start
+    return steps * t.batch_size * (2 if model.uses_auxiliary else 1) / elapsed
+
+
+def eval_throughputs(resolved, cache: DataCache, sets) -> dict[str, float]:
+    """Samples/s predicting the USPS + MNIST test sets: jadekit (resident uint8) vs DataLoader."""
+    model = build_model("jade", resolved)
+    p, a = cache.split("primary", "test"), cache.split("auxiliary", "test")
+    n = len(p) + len(a)
+    predict_logits(model, p.images[:256])
+    start = time.perf_counter()
+    predict_logits(model, p.images, "primary")
+    predict_logits(model, a.images, "auxiliary")
+    ours = n / (time.perf_counter() - start)
+
+    ref_model = build_model("jade", resolved).to(memory_format=torch.contiguous_format).eval()
+    start = time.perf_counter()
+    with torch.no_grad():
+        for name, domain in (("usps_test", "primary"), ("mnist_test", "auxiliary")):
+            for x, _ in DataLoader(sets[name], batch_size=1024):
+                ref_model.logits(x, domain)
+    ref = n / (time.perf_counter() - start)
+    return {"jadekit": ours, "reference": ref, "ratio": ours / ref}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=40, help="timed training steps per method and path")
+    parser.add_argument("--json", type=Path, help="also write the results here")
+    args = parser.parse_args()
+    root = Path(os.environ.get("JADEKIT_DATA", "~/.cache/jadekit")).expanduser()
+    resolved = load_resolved(RECIPE, ["primary.download=false", "auxiliary.download=false"])
+    cache = DataCache(resolved)
+    results: dict[str, object] = {"threads": torch.get_num_threads(), "torch": torch.__version__}
+    results["conv_peak_gflops"] = peak = conv_peak_gflops()
+    with tempfile.TemporaryDirectory() as tmp:
+        sets = reference_sets(root, Path(tmp))
+        train = {}
+        for method in METHODS:
+            data = {d: cache.domain(d, 0) for d in ("primary", "auxiliary")}
+            indices = {d: data[d].indices["train"] for d in data}
+            ours, gflops = jadekit_train(method, resolved, cache, args.steps)
+            ref = reference_train(method, resolved, sets, indices, args.steps)
+            train[method] = {"jadekit": ours, "reference": ref, "ratio": ours / ref, "gflops": gflops,
+                             "share_of_conv_peak": gflops / peak}
+            print(f"train {method:6s}: jadekit {ours:8.0f} samples/s  reference {ref:8.0f}  x{ours / ref:.2f}  "
+                  f"{gflops:6.1f} GFLOP/s = {100 * gflops / peak:.0f}% of conv peak", flush=True)
+        results["train"] = train
+        results["eval"] = ev = eval_throughputs(resolved, cache, sets)
+    print(f"eval  (jade):  jadekit {ev['jadekit']:8.0f} samples/s  reference {ev['reference']:8.0f}  x{ev['ratio']:.2f}")
+    print(f"dense conv peak: {peak:.1f} GFLOP/s on {results['threads']} threads")
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()
