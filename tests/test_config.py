@@ -191,7 +191,8 @@ def write_recipe(tmp_path: Path, **changes: dict) -> Path:
     return path
 
 
-def test_check_lists_every_plugin_problem_with_key_paths(tmp_path):
+def test_check_lists_every_plugin_problem_with_key_paths(tmp_path, monkeypatch):
+    monkeypatch.setenv("JADEKIT_DISABLE_PLUGIN_AUTOLOAD", "1")  # the built-ins only, whatever is installed
     path = write_recipe(tmp_path, primary={"dataset": "svnh"}, model={
         "primary_backbone": {"name": "paper-mnist"}, "auxiliary_backbone": {"name": "resnet-ish"}})
     res = runner.invoke(app(), ["check", str(path)])
@@ -218,7 +219,8 @@ def test_check_backbone_params_validated_by_the_plugin(tmp_path):
     assert "model.auxiliary_backbone.params.filters: Field required" in res.stderr
 
 
-def test_check_reports_unknown_dataset_and_bad_type_together(tmp_path):
+def test_check_reports_unknown_dataset_and_bad_type_together(tmp_path, monkeypatch):
+    monkeypatch.setenv("JADEKIT_DISABLE_PLUGIN_AUTOLOAD", "1")
     res = runner.invoke(app(), ["check", str(SMOKE), "--set", "primary.dataset=svnh", "--set", "train.steps=abc"])
     assert res.exit_code == 2
     assert "train.steps: Input should be a valid integer" in res.stderr
