@@ -122,6 +122,9 @@ class TrainConfig(Strict):
     lr: float = Field(1e-3, gt=0.0, description="Adam learning rate.")
     weight_decay: NonNegativeFloat = Field(0.0, description="AdamW weight decay.")
     lr_schedule: Literal["constant", "cosine"] = Field("constant", description="Learning-rate schedule.")
+    augment_shift: NonNegativeInt = Field(
+        0, description="Shift training images (both datasets) by up to N pixels at random; 0 = no augmentation."
+    )
     eval_every: PositiveInt = Field(250, description="Validate (and keep the best state) every N steps.")
     checkpoint_every: PositiveInt | None = Field(None, description="Checkpoint every N steps; default eval_every.")
     device: str = Field("auto", description="auto (CUDA, else MPS, else CPU), cpu, cuda, cuda:N or mps.")

@@ -23,6 +23,7 @@ from jadekit.config import Method, Recipe, recipe_to_dict
 from jadekit.data.base import ImageSet
 from jadekit.data.prepare import DomainData, fingerprint, load_split, prepare_domain
 from jadekit.data.sampler import PairedBatchSampler
+from jadekit.engine.augment import random_shift
 from jadekit.engine.evaluate import classification_metrics, predict_logits, to_float
 from jadekit.engine.loop import Callback, LoopPlan, LoopState, fit, restore_best
 from jadekit.engine.models import Batch, LossWeights
@@ -298,13 +299,16 @@ def train_one(
 
     p, a = data["primary"], data["auxiliary"]
 
+    def images(x: torch.Tensor) -> torch.Tensor:  # offsets come from the checkpointed sampler generator
+        return to_float(random_shift(x, t.augment_shift, trainer.sampler.generator))
+
     def draw_batch() -> Batch:
         pi, ai = trainer.sampler.next()
         pi = pi.to(device, non_blocking=True)
         if ai is None:
-            return Batch(to_float(p.train_x[pi]), p.train_y[pi])
+            return Batch(images(p.train_x[pi]), p.train_y[pi])
         ai = ai.to(device, non_blocking=True)
-        return Batch(to_float(p.train_x[pi]), p.train_y[pi], to_float(a.train_x[ai]), a.train_y[ai])
+        return Batch(images(p.train_x[pi]), p.train_y[pi], images(a.train_x[ai]), a.train_y[ai])
 
     def validate() -> dict[str, float]:
         x, y = (p.val_x, p.val_y) if len(p.val_y) else (p.train_x, p.train_y)
