@@ -163,6 +163,7 @@ def _build(method: Method, resolved: Resolved) -> nn.Module:
         a.backbone.decoder(m.latent_dim, a.info.image_shape, a.backbone_params),
         classifier,
         m.content_dim,
+        m.classifier_input,
     )
 
 

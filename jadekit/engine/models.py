@@ -103,7 +103,9 @@ class PairedClassifier(nn.Module):
 class Jade(nn.Module):
     """Two VAEs whose content dims share a classifier and are matched across datasets.
 
-    Encoders output 2 * latent_dim numbers: the Gaussian mean and log-variance.
+    Encoders output 2 * latent_dim numbers: the Gaussian mean and log-variance. The classifier
+    is trained on a posterior sample of the content (`classifier_input="sample"`, the ELBO's
+    E_q[log p(l|z)]) or on its mean ("mean"); it always predicts from the mean.
     """
 
     uses_auxiliary = True
@@ -116,8 +118,10 @@ class Jade(nn.Module):
         auxiliary_decoder: nn.Module,
         classifier: Classifier,
         content_dim: int,
+        classifier_input: str = "sample",
     ) -> None:
         super().__init__()
+        self.classifier_input = classifier_input
         self.primary_encoder = primary_encoder
         self.auxiliary_encoder = auxiliary_encoder
         self.primary_decoder = primary_decoder
@@ -143,7 +147,7 @@ class Jade(nn.Module):
         decoder = self.primary_decoder if domain == "primary" else self.auxiliary_decoder
         return {
             "recon": losses.reconstruction_nll(decoder(z), x, likelihood).mean(),
-            "ce": F.cross_entropy(self.classifier(z[:, : self.content_dim]), y),
+            "ce": F.cross_entropy(self.classifier((mu if self.classifier_input == "mean" else z)[:, : self.content_dim]), y),
             "kl": losses.kl_standard_normal(mu, logvar).mean(),
             "mu": mu,
             "logvar": logvar,
