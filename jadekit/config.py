@@ -86,7 +86,7 @@ class ModelConfig(Strict):
     classifier_hidden: list[PositiveInt] = Field([500, 500, 500], min_length=1, description="MLP hidden sizes.")
     dropout: float = Field(0.5, ge=0.0, lt=1.0, description="Dropout after each hidden layer of the MLP.")
     classifier_input: Literal["sample", "mean"] = Field(
-        "sample", description="jade: train the classifier on a posterior sample of the content, or on its mean."
+        "mean", description="jade: train the classifier on a posterior sample of the content, or on its mean."
     )
 
     @model_validator(mode="after")
@@ -103,7 +103,11 @@ class LossConfig(Strict):
     """Weights of each loss term and the estimator used to match content posteriors."""
 
     reconstruction: NonNegativeFloat = Field(1.0, description="Weight of the reconstruction NLL (jade).")
-    classification: NonNegativeFloat = Field(1.0, description="Weight of the cross-entropy (all methods).")
+    classification: NonNegativeFloat = Field(
+        100.0,
+        description="Weight of the cross-entropy (all methods). Large because the reconstruction NLL is summed over "
+        "pixels (hundreds of nats); at 1, as in the paper's objective, jade's classifier barely learns (docs/results.md).",
+    )
     kl_prior: NonNegativeFloat = Field(1.0, description="Weight of KL(q(z|x) || N(0, I)) (jade).")
     kl_match: NonNegativeFloat = Field(1.0, description="Weight of the content-matching KL (jade).")
     auxiliary: NonNegativeFloat = Field(1.0, description="Weight of every auxiliary-dataset term (paired, jade).")
