@@ -86,7 +86,7 @@ class ModelConfig(Strict):
     classifier_hidden: list[PositiveInt] = Field([500, 500, 500], min_length=1, description="MLP hidden sizes.")
     dropout: float = Field(0.5, ge=0.0, lt=1.0, description="Dropout after each hidden layer of the MLP.")
     classifier_input: Literal["sample", "mean"] = Field(
-        "mean", description="jade: train the classifier on a posterior sample of the content, or on its mean."
+        "sample", description="jade: train the classifier on a posterior sample of the content, or on its mean."
     )
 
     @model_validator(mode="after")
