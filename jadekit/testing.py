@@ -14,7 +14,7 @@ listing them all, which reads well in pytest:
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -54,6 +54,21 @@ def _validate_params(obj: object, params: BaseModel | Mapping[str, Any] | None, 
         loc = ".".join(str(p) for p in first["loc"])
         problems.append(f"Params rejects {where}: {loc}: {first['msg']} (pass params= to the check)")
         return None
+
+
+def _prepare(
+    obj: object, check_object: Callable[[object], list[str]], params: BaseModel | Mapping[str, Any] | None
+) -> tuple[object, BaseModel | None, list[str]]:
+    """The common start of a check: instantiate a class, check the object's structure, then validate `params`.
+
+    Returns the object, its Params (None when the check cannot go on) and the problems found so far.
+    """
+    if isinstance(obj, type):
+        obj = obj()
+    problems = check_object(obj)
+    if problems:
+        return obj, None, problems
+    return obj, _validate_params(obj, params, problems), problems
 
 
 # ----------------------------------------------------------------------------------- datasets
@@ -155,12 +170,7 @@ def check_dataset(
         download: passed to `load`.
         determinism: load each split twice and require equal results.
     """
-    if isinstance(adapter, type):
-        adapter = adapter()
-    problems = check_dataset_object(adapter)
-    if problems:
-        return problems
-    p = _validate_params(adapter, params, problems)
+    adapter, p, problems = _prepare(adapter, check_dataset_object, params)
     if p is None:
         return problems
     try:
@@ -265,12 +275,7 @@ def check_backbone(
         latent_dims: latent / output sizes to try.
         batch: batch size of the probe tensors.
     """
-    if isinstance(backbone, type):
-        backbone = backbone()
-    problems = check_backbone_object(backbone)
-    if problems:
-        return problems
-    p = _validate_params(backbone, params, problems)
+    backbone, p, problems = _prepare(backbone, check_backbone_object, params)
     if p is None:
         return problems
     supported = []

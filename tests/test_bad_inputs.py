@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-import bz2
-import gzip
 import hashlib
 import json
-import struct
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -26,23 +23,12 @@ from jadekit.runner import recipe_fingerprint
 # --- tiny data in the real formats and a good recipe --------------------------------------------------
 
 
-def _idx_gz(path: Path, array: np.ndarray) -> None:
-    data = struct.pack(f">I{array.ndim}I", 0x0800 | array.ndim, *array.shape) + array.astype(np.uint8).tobytes()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.with_name(path.name + ".gz").write_bytes(gzip.compress(data))
-
-
-def write_data(root: Path) -> Path:
+def write_data(root: Path, writers) -> Path:
     rng = np.random.default_rng(0)
-    for prefix, n in (("train", 200), ("t10k", 20)):
-        labels = np.arange(n) % 10
-        _idx_gz(root / "MNIST" / "raw" / f"{prefix}-images-idx3-ubyte", rng.integers(0, 256, (n, 28, 28)))
-        _idx_gz(root / "MNIST" / "raw" / f"{prefix}-labels-idx1-ubyte", labels)
-    (root / "USPS").mkdir(parents=True, exist_ok=True)
-    for name, n in (("usps.bz2", 60), ("usps.t.bz2", 20)):
-        lines = [" ".join([str(i % 10 + 1), *(f"{j + 1}:{v:.4f}" for j, v in enumerate(rng.uniform(-1, 1, 256)))])
-                 for i in range(n)]
-        (root / "USPS" / name).write_bytes(bz2.compress(("\n".join(lines) + "\n").encode()))
+    for split, n in (("train", 200), ("test", 20)):
+        writers.mnist(root, split, rng.integers(0, 256, (n, 28, 28)), np.arange(n) % 10)
+    for split, n in (("train", 60), ("test", 20)):
+        writers.usps(root, split, np.arange(n) % 10, rng.uniform(-1, 1, (n, 256)), decimals=4)
     return root
 
 
@@ -152,8 +138,8 @@ FAKE_BACKBONES = {"encoder-none": "EncoderReturnsNone", "encoder-raises": "Encod
 
 
 @pytest.fixture(scope="module")
-def data_root(tmp_path_factory) -> Path:
-    return write_data(tmp_path_factory.mktemp("data"))
+def data_root(tmp_path_factory, digit_writers) -> Path:
+    return write_data(tmp_path_factory.mktemp("data"), digit_writers)
 
 
 @pytest.fixture(scope="module")

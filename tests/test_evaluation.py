@@ -2,14 +2,10 @@
 
 from __future__ import annotations
 
-import bz2
-import gzip
 import json
 import shutil
-import struct
 from pathlib import Path
 
-import numpy as np
 import pytest
 from typer.testing import CliRunner
 
@@ -20,77 +16,11 @@ from jadekit.data.base import DatasetInfo, NoParams
 runner = CliRunner()
 
 
-def write_idx(path: Path, array: np.ndarray) -> None:
-    """Gzipped unsigned-byte IDX: magic 0x0000080<ndim>, big-endian dims, then the bytes."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    header = struct.pack(f">I{array.ndim}I", 0x0800 | array.ndim, *array.shape)
-    path.with_name(path.name + ".gz").write_bytes(gzip.compress(header + array.astype(np.uint8).tobytes()))
-
-
-def digits(n: int, size: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """Learnable toy digits: a bright bar whose row depends on the class, plus noise."""
-    labels = np.arange(n) % 10
-    images = rng.integers(0, 40, (n, size, size))
-    for i, c in enumerate(labels):
-        row = int(c * (size - 2) / 9)
-        images[i, row : row + 2, :] = 255
-    return images.astype(np.uint8), labels
-
-
-def write_tiny_data(root: Path) -> None:
-    rng = np.random.default_rng(0)
-    for prefix, n in (("train", 300), ("t10k", 60)):
-        x, y = digits(n, 28, rng)
-        write_idx(root / "MNIST" / "raw" / f"{prefix}-images-idx3-ubyte", x)
-        write_idx(root / "MNIST" / "raw" / f"{prefix}-labels-idx1-ubyte", y)
-    for name, n in (("usps.bz2", 80), ("usps.t.bz2", 40)):
-        x, y = digits(n, 16, rng)
-        lines = [" ".join([str(c + 1), *(f"{i + 1}:{v / 255 * 2 - 1:.6f}" for i, v in enumerate(img.ravel()))])
-                 for c, img in zip(y, x, strict=True)]
-        (root / "USPS").mkdir(parents=True, exist_ok=True)
-        (root / "USPS" / name).write_bytes(bz2.compress(("\n".join(lines) + "\n").encode()))
-
-
-RECIPE = """
-[experiment]
-name = "tiny"
-methods = ["single", "paired", "jade"]
-seeds = [0]
-output_dir = "{out}"
-
-[primary]
-dataset = "usps"
-root = "{root}"
-download = false
-labels_per_class = 5
-val_share = 0.2
-
-[auxiliary]
-dataset = "mnist"
-root = "{root}"
-download = false
-limit = 200
-
-[model]
-primary_backbone = {{ name = "paper-mnist" }}
-auxiliary_backbone = {{ name = "paper-mnist" }}
-classifier_hidden = [32]
-
-[train]
-steps = 10
-batch_size = 16
-eval_every = 5
-device = "cpu"
-"""
-
-
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory) -> Path:
-    """An output directory with one tiny run of each method."""
+def trained(tmp_path_factory, write_bar_recipe) -> Path:
+    """An output directory with one tiny run of each method (over `bar_data_root`)."""
     base = tmp_path_factory.mktemp("trained")
-    write_tiny_data(base / "data")
-    recipe = base / "tiny.toml"
-    recipe.write_text(RECIPE.format(out=base / "runs", root=base / "data"))
+    recipe = write_bar_recipe(base / "tiny.toml", base / "runs")
     result = runner.invoke(app, ["run", str(recipe)])
     assert result.exit_code == 0, result.output
     return base / "runs"
@@ -138,9 +68,9 @@ def test_eval_output_dir_aggregates_table_1(trained):
     assert out["metrics"]["jade"]["auxiliary"]["macro_f1"]["n"] == 1
 
 
-def test_other_dataset_needs_explicit_resize(trained):
+def test_other_dataset_needs_explicit_resize(trained, bar_data_root):
     run = trained / "single" / "seed-0"
-    root = str(trained.parent / "data")
+    root = str(bar_data_root)
     result = runner.invoke(app, ["eval", str(run), "--dataset", "mnist", "--root", root])
     assert result.exit_code == 2
     assert "(1, 28, 28)" in result.output and "(1, 16, 16)" in result.output and "--resize" in result.output

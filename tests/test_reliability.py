@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import bz2
-import gzip
+import contextlib
 import json
 import os
 import signal
-import struct
 import subprocess
 import sys
 import time
@@ -29,74 +27,33 @@ RUN_DIR = Path("out") / "jade" / "seed-0"
 # --- tiny data in the real formats (MNIST IDX .gz, USPS libsvm .bz2) and a tiny recipe ---------------
 
 
-def _idx_gz(path: Path, array: np.ndarray) -> None:
-    data = struct.pack(f">I{array.ndim}I", 0x0800 | array.ndim, *array.shape) + array.astype(np.uint8).tobytes()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.with_name(path.name + ".gz").write_bytes(gzip.compress(data))
-
-
-def write_data(root: Path, seed: int = 0) -> Path:
+def write_data(root: Path, writers) -> Path:
     """300 MNIST + 60 test digits and 120 USPS + 40 test digits, faintly class-dependent noise."""
-    rng = np.random.default_rng(seed)
-    for prefix, n in (("train", 300), ("t10k", 60)):
+    rng = np.random.default_rng(0)
+    for split, n in (("train", 300), ("test", 60)):
         labels = np.arange(n) % 10
-        images = (rng.random((n, 28, 28)) * 60 + labels[:, None, None] * 19).astype(np.uint8)
-        _idx_gz(root / "MNIST" / "raw" / f"{prefix}-images-idx3-ubyte", images)
-        _idx_gz(root / "MNIST" / "raw" / f"{prefix}-labels-idx1-ubyte", labels)
-    (root / "USPS").mkdir(parents=True, exist_ok=True)
-    for name, n in (("usps.bz2", 120), ("usps.t.bz2", 40)):
+        writers.mnist(root, split, (rng.random((n, 28, 28)) * 60 + labels[:, None, None] * 19).astype(np.uint8), labels)
+    for split, n in (("train", 120), ("test", 40)):
         labels = np.arange(n) % 10
-        grey = rng.random((n, 256)) * 60 + labels[:, None] * 19
-        lines = [" ".join([str(y + 1), *(f"{i + 1}:{v / 255 * 2 - 1:.6f}" for i, v in enumerate(row))])
-                 for y, row in zip(labels, grey, strict=True)]
-        (root / "USPS" / name).write_bytes(bz2.compress(("\n".join(lines) + "\n").encode()))
+        writers.usps(root, split, labels, writers.grey_to_usps(rng.random((n, 256)) * 60 + labels[:, None] * 19))
     return root
 
 
-RECIPE = """
-[experiment]
-name = "tiny"
-methods = ["jade"]
-seeds = [0]
-output_dir = "out"
-
-[primary]
-dataset = "usps"
-root = "{root}"
-download = false
-labels_per_class = 5
-val_share = 0.2
-
-[auxiliary]
-dataset = "mnist"
-root = "{root}"
-download = false
-limit = 200
-
-[model]
-primary_backbone = {{ name = "paper-mnist" }}
-auxiliary_backbone = {{ name = "paper-mnist" }}
-classifier_hidden = [32]
-
-[train]
-steps = {steps}
-batch_size = 16
-eval_every = 10
-checkpoint_every = 5
-device = "cpu"
-threads = 1
-"""
-
-
-def write_recipe(where: Path, data_root: Path, steps: int = 40) -> Path:
-    path = where / "recipe.toml"
-    path.write_text(RECIPE.format(root=data_root.as_posix(), steps=steps))
-    return path
+@pytest.fixture(scope="module")
+def data_root(tmp_path_factory, digit_writers) -> Path:
+    return write_data(tmp_path_factory.mktemp("data"), digit_writers)
 
 
 @pytest.fixture(scope="module")
-def data_root(tmp_path_factory) -> Path:
-    return write_data(tmp_path_factory.mktemp("data"))
+def write_recipe(write_tiny_recipe, data_root):
+    """Factory: `where / "recipe.toml"`, a jade-only tiny recipe over `data_root` writing to `out`, checkpointing every 5 steps."""
+
+    def write(where: Path, steps: int = 40) -> Path:
+        return write_tiny_recipe(where / "recipe.toml", "out", data_root, experiment={"methods": ["jade"]},
+                                 model={"classifier_hidden": [32], "dropout": None},
+                                 train={"steps": steps, "batch_size": 16, "eval_every": 10, "checkpoint_every": 5})
+
+    return write
 
 
 def run_cli(args: list[str]):
@@ -127,16 +84,12 @@ def train_steps(run_dir: Path) -> list[int]:
 
 
 @pytest.fixture(scope="module")
-def reference(tmp_path_factory, data_root) -> Path:
+def reference(tmp_path_factory, write_recipe) -> Path:
     """An uninterrupted 40-step run."""
     where = tmp_path_factory.mktemp("reference")
-    recipe = write_recipe(where, data_root)
-    cwd = os.getcwd()
-    os.chdir(where)
-    try:
+    recipe = write_recipe(where)
+    with contextlib.chdir(where):
         result = run_cli(["run", str(recipe)])
-    finally:
-        os.chdir(cwd)
     assert result.exit_code == 0, result.output
     return where / RUN_DIR
 
@@ -156,8 +109,8 @@ def wait_for(path: Path, proc: subprocess.Popen, timeout: float = 60) -> None:
 # --- resume ------------------------------------------------------------------------------------------
 
 
-def test_sigkill_then_resume_equals_uninterrupted_run(tmp_path, data_root, reference):
-    recipe = write_recipe(tmp_path, data_root)
+def test_sigkill_then_resume_equals_uninterrupted_run(tmp_path, write_recipe, reference):
+    recipe = write_recipe(tmp_path)
     run_dir = tmp_path / RUN_DIR
     proc = start_run(tmp_path, recipe)
     wait_for(run_dir / "checkpoint.pt.prev", proc)  # two checkpoints written: step >= 10 of 40
@@ -169,12 +122,8 @@ def test_sigkill_then_resume_equals_uninterrupted_run(tmp_path, data_root, refer
     with open(run_dir / "metrics.jsonl", "a") as f:  # as if the kill had torn a line in half
         f.write('{"step": 99, "kind": "tr')
 
-    cwd = os.getcwd()
-    os.chdir(tmp_path)
-    try:
+    with contextlib.chdir(tmp_path):
         result = run_cli(["run", str(recipe)])
-    finally:
-        os.chdir(cwd)
     assert result.exit_code == 0, result.output
     assert "resuming at step" in result.output
     assert_same_run(reference, run_dir)
@@ -185,20 +134,16 @@ def test_sigkill_then_resume_equals_uninterrupted_run(tmp_path, data_root, refer
 
 
 def test_finished_runs_are_skipped(reference):
-    cwd = os.getcwd()
-    os.chdir(reference.parents[2])
-    try:
+    with contextlib.chdir(reference.parents[2]):
         before = (reference / "final.json").read_bytes()
         result = run_cli(["run", "recipe.toml"])
-    finally:
-        os.chdir(cwd)
     assert result.exit_code == 0, result.output
     assert "finished earlier, skipped" in result.output
     assert (reference / "final.json").read_bytes() == before
 
 
-def test_ctrl_c_writes_checkpoint_and_exits_130(tmp_path, data_root):
-    recipe = write_recipe(tmp_path, data_root)
+def test_ctrl_c_writes_checkpoint_and_exits_130(tmp_path, write_recipe):
+    recipe = write_recipe(tmp_path)
     run_dir = tmp_path / RUN_DIR
     proc = start_run(tmp_path, recipe)
     wait_for(run_dir / "checkpoint.pt", proc)
@@ -213,15 +158,13 @@ def test_ctrl_c_writes_checkpoint_and_exits_130(tmp_path, data_root):
     assert not (run_dir / "final.json").exists()
 
 
-def test_foreign_output_dir_needs_force_or_resume(tmp_path, data_root):
-    recipe = write_recipe(tmp_path, data_root, steps=6)
+def test_foreign_output_dir_needs_force_or_resume(tmp_path, write_recipe):
+    recipe = write_recipe(tmp_path, steps=6)
     out = tmp_path / "out"
     (out / "jade" / "seed-0").mkdir(parents=True)
     (out / "jade" / "seed-0" / "final.json").write_text('{"steps": 6}')
     io.atomic_write_json(out / "jadekit-output.json", {"recipe_fingerprint": "0123456789abcdef"})
-    cwd = os.getcwd()
-    os.chdir(tmp_path)
-    try:
+    with contextlib.chdir(tmp_path):
         assert run_cli(["run", str(recipe)]).exit_code == 2
         forced = run_cli(["run", str(recipe), "--force"])
         assert forced.exit_code == 0, forced.output
@@ -229,8 +172,6 @@ def test_foreign_output_dir_needs_force_or_resume(tmp_path, data_root):
         longer = ["run", str(recipe), "--set", "train.steps=8"]
         refused = run_cli(longer)
         resumed = run_cli([*longer, "--resume"])
-    finally:
-        os.chdir(cwd)
     assert refused.exit_code == 2 and "different recipe" in refused.output
     assert resumed.exit_code == 0 and "resuming at step 6" in resumed.output
     assert train_steps(out / "jade" / "seed-0") == list(range(1, 9))
@@ -345,12 +286,10 @@ class _Evil:
         return (os.system, ("echo pwned",))
 
 
-def test_run_resumes_from_prev_when_newest_is_corrupt(tmp_path, data_root):
-    recipe = write_recipe(tmp_path, data_root, steps=10)
+def test_run_resumes_from_prev_when_newest_is_corrupt(tmp_path, write_recipe):
+    recipe = write_recipe(tmp_path, steps=10)
     run_dir = tmp_path / RUN_DIR
-    cwd = os.getcwd()
-    os.chdir(tmp_path)
-    try:
+    with contextlib.chdir(tmp_path):
         assert run_cli(["run", str(recipe)]).exit_code == 0
         reference = json.loads((run_dir / "final.json").read_text())
         weights = final_weights(run_dir)
@@ -358,8 +297,6 @@ def test_run_resumes_from_prev_when_newest_is_corrupt(tmp_path, data_root):
         ckpt = run_dir / "checkpoint.pt"
         ckpt.write_bytes(ckpt.read_bytes()[:-100])
         result = run_cli(["run", str(recipe)])
-    finally:
-        os.chdir(cwd)
     assert result.exit_code == 0, result.output
     assert "checkpoint.pt is unreadable" in result.output and "resuming at step 5" in result.output
     assert (run_dir / "checkpoint.pt.corrupt").exists()
@@ -372,15 +309,11 @@ def test_run_resumes_from_prev_when_newest_is_corrupt(tmp_path, data_root):
 # --- NaN guard ---------------------------------------------------------------------------------------
 
 
-def test_nan_loss_exits_3_names_term_and_step_and_keeps_checkpoint(tmp_path, data_root):
-    recipe = write_recipe(tmp_path, data_root)
+def test_nan_loss_exits_3_names_term_and_step_and_keeps_checkpoint(tmp_path, write_recipe):
+    recipe = write_recipe(tmp_path)
     run_dir = tmp_path / RUN_DIR
-    cwd = os.getcwd()
-    os.chdir(tmp_path)
-    try:
+    with contextlib.chdir(tmp_path):
         result = run_cli(["run", str(recipe), "--set", "train.lr=1e30", "--set", "train.checkpoint_every=1"])
-    finally:
-        os.chdir(cwd)
     assert result.exit_code == 3, result.output
     import re
 
@@ -395,17 +328,13 @@ def test_nan_loss_exits_3_names_term_and_step_and_keeps_checkpoint(tmp_path, dat
     assert not (run_dir / "final.json").exists()
 
 
-def test_resume_takes_the_new_lr_and_divergence_keeps_the_checkpoint(tmp_path, data_root):
-    recipe = write_recipe(tmp_path, data_root, steps=10)
+def test_resume_takes_the_new_lr_and_divergence_keeps_the_checkpoint(tmp_path, write_recipe):
+    recipe = write_recipe(tmp_path, steps=10)
     run_dir = tmp_path / RUN_DIR
-    cwd = os.getcwd()
-    os.chdir(tmp_path)
-    try:
+    with contextlib.chdir(tmp_path):
         assert run_cli(["run", str(recipe)]).exit_code == 0
         before = final_weights(run_dir)
         result = run_cli(["run", str(recipe), "--resume", "--set", "train.steps=20", "--set", "train.lr=1e30"])
-    finally:
-        os.chdir(cwd)
     assert result.exit_code == 3, result.output
     assert "train.lr 0.001 -> 1e+30" in result.output  # the optimizer state did not silently keep the old rate
     assert "checkpoint.pt, step 10) is kept" in result.output

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
@@ -13,20 +12,13 @@ from jadekit.cli import app
 
 runner = CliRunner()
 
-# The tiny-data writers and recipe live beside the eval tests (no shared conftest yet).
-_spec = importlib.util.spec_from_file_location("_tiny_runs", Path(__file__).with_name("test_evaluation.py"))
-tiny = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(tiny)
-
 JADE_FIGURES = {"curves", "probes", "pca", "fig2", "fig2_variance", "reconstructions", "swaps"}
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory) -> Path:
+def trained(tmp_path_factory, write_bar_recipe) -> Path:
     base = tmp_path_factory.mktemp("report")
-    tiny.write_tiny_data(base / "data")
-    recipe = base / "tiny.toml"
-    recipe.write_text(tiny.RECIPE.format(out=base / "runs", root=base / "data"))
+    recipe = write_bar_recipe(base / "tiny.toml", base / "runs")
     result = runner.invoke(app, ["run", str(recipe), "--set", 'experiment.methods=["single", "jade"]'])
     assert result.exit_code == 0, result.output
     return base / "runs"
