@@ -6,8 +6,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ValidationError
 import torch
+from pydantic import BaseModel, ValidationError
 from torch import nn
 
 from jadekit import registry
