@@ -13,7 +13,7 @@ from torch import nn
 
 from jadekit import registry
 from jadekit.build import DOMAINS, Resolved, build_model, resolve
-from jadekit.config import METHODS, DataConfig, Method, format_validation_error, load_recipe, parse_override
+from jadekit.config import METHODS, DataConfig, Method, apply_overrides, format_validation_error, load_recipe
 from jadekit.data.base import ImageSet, Split
 from jadekit.data.prepare import load_split
 from jadekit.engine.evaluate import predict_logits, to_float
@@ -112,13 +112,7 @@ def own_test_sets(run: LoadedRun) -> list[EvalSet]:
 
 def dataset_params(adapter, items: list[str] | None) -> BaseModel:
     """Validate `key=value` items (TOML values, dotted keys nest) against an adapter's own params model."""
-    raw: dict = {}
-    for item in items or []:
-        path, value = parse_override(item)
-        node = raw
-        for part in path[:-1]:
-            node = node.setdefault(part, {})
-        node[path[-1]] = value
+    raw = apply_overrides({}, items or [])
     try:
         return adapter.Params.model_validate(raw)
     except ValidationError as e:

@@ -46,16 +46,9 @@ KindOpt = Annotated[str | None, typer.Option("--kind", help="dataset or backbone
 
 
 def _parse_params(items: list[str] | None) -> dict:
-    from jadekit.config import parse_override
+    from jadekit.config import apply_overrides
 
-    params: dict = {}
-    for item in items or []:
-        path, value = parse_override(item)
-        node = params
-        for part in path[:-1]:
-            node = node.setdefault(part, {})
-        node[path[-1]] = value
-    return params
+    return apply_overrides({}, items or [])
 
 
 def _parse_shape(text: str) -> tuple[int, int, int]:
