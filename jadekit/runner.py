@@ -179,9 +179,9 @@ def make_trainer(method: Method, resolved: Resolved, data: dict[str, DomainData]
     recipe = resolved.recipe
     t = recipe.train
     seed_everything(seed)
-    model = build_checked_model(method, resolved).to(device)
-    if device.type == "cuda":
-        model = model.to(memory_format=torch.channels_last)
+    model = build_checked_model(method, resolved).to(device)  # channels-last already
+    if t.compile:  # compiles the whole training forward (all loss terms); weights and state_dict are unchanged
+        model.loss_terms = torch.compile(model.loss_terms)
     optimizer = torch.optim.AdamW(model.parameters(), lr=t.lr, weight_decay=t.weight_decay)
     if t.lr_schedule == "cosine":
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, t.steps) / t.steps)))
