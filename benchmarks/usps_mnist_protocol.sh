@@ -18,7 +18,7 @@ running=0
 for n in "$@"; do
   budget "$n" &
   running=$((running + 1))
-  if [ "$running" -ge 2 ]; then wait -n; running=$((running - 1)); fi
+  if [ "$running" -ge "${PARALLEL:-2}" ]; then wait -n; running=$((running - 1)); fi
 done
 wait
 echo "wall time: $(( $(date +%s) - start )) s"
