@@ -1,0 +1,255 @@
+"""One run's training state: model, optimizer, schedule, sampler and RNGs; checkpoints and resume."""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import random
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from jadekit.build import Resolved, build_model
+from jadekit.config import Method, Recipe, recipe_to_dict
+from jadekit.data.prepare import DomainData
+from jadekit.data.sampler import PairedBatchSampler
+from jadekit.engine.evaluate import predict_logits, to_float
+from jadekit.engine.loop import Callback, LoopState
+from jadekit.engine.models import Batch, LossWeights
+from jadekit.errors import JadekitError, PluginError, RunDirError
+from jadekit.io import append_jsonl, load_checkpoint, save_checkpoint, truncate_jsonl
+
+CHECKPOINT = "checkpoint.pt"
+METRICS = "metrics.jsonl"
+log = logging.getLogger(__name__)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+class MetricsWriter(Callback):
+    """Appends loss terms and validation metrics to metrics.jsonl."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def on_log(self, step: int, terms: dict[str, float]) -> None:
+        append_jsonl(self.path, {"step": step, "kind": "train", **terms})
+
+    def on_validate(self, step: int, metrics: dict[str, float], improved: bool) -> None:
+        append_jsonl(self.path, {"step": step, "kind": "val", **metrics, "improved": improved})
+
+
+@dataclass
+class Trainer:
+    """Everything one run trains with; its state_dict is the checkpoint."""
+
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    sampler: PairedBatchSampler
+    state: LoopState = field(default_factory=LoopState)
+
+    def state_dict(self, recipe: Recipe) -> dict:
+        rng = {"torch": torch.get_rng_state(), "python": _python_rng(), "numpy": _numpy_rng()}
+        if torch.cuda.is_available():
+            rng["cuda"] = torch.cuda.get_rng_state_all()
+        return {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "sampler": self.sampler.state_dict(),
+            "loop": self.state.state_dict(),
+            "rng": rng,
+            "recipe": recipe_to_dict(recipe),
+        }
+
+    def load_state_dict(self, ckpt: dict) -> None:
+        self.model.load_state_dict(ckpt["model"])
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        self.scheduler.load_state_dict(ckpt["scheduler"])
+        self.sampler.load_state_dict(ckpt["sampler"])
+        self.state = LoopState.from_state_dict(ckpt["loop"])
+        torch.set_rng_state(ckpt["rng"]["torch"])
+        random.setstate(_to_tuple(ckpt["rng"]["python"]))
+        np.random.set_state(tuple(ckpt["rng"]["numpy"][:1]) + (np.array(ckpt["rng"]["numpy"][1], dtype=np.uint32),)
+                            + tuple(ckpt["rng"]["numpy"][2:]))
+        if "cuda" in ckpt["rng"] and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(ckpt["rng"]["cuda"])
+
+
+def _python_rng() -> list:
+    v, internal, gauss = random.getstate()
+    return [v, list(internal), gauss]
+
+
+def _to_tuple(state: list) -> tuple:
+    return (state[0], tuple(state[1]), state[2])
+
+
+def _numpy_rng() -> list:
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    return [name, keys.tolist(), int(pos), int(has_gauss), float(cached)]
+
+
+class Checkpointer(Callback):
+    """Writes the trainer's full state at each checkpoint event."""
+
+    def __init__(self, path: Path, trainer: Trainer, recipe: Recipe) -> None:
+        self.path, self.trainer, self.recipe = path, trainer, recipe
+        self.last_step: int | None = None  # step of the newest good checkpoint on disk
+
+    def on_checkpoint(self, state: LoopState) -> None:
+        self.trainer.state = state
+        save_checkpoint(self.path, self.trainer.state_dict(self.recipe))
+        self.last_step = state.step
+
+
+def make_trainer(method: Method, resolved: Resolved, data: dict[str, DomainData], seed: int, device: torch.device) -> Trainer:
+    """Fresh model, optimizer, schedule and sampler for one method and seed."""
+    recipe = resolved.recipe
+    t = recipe.train
+    seed_everything(seed)
+    model = build_checked_model(method, resolved).to(device)  # channels-last already
+    if t.compile:  # compiles the whole training forward (all loss terms); weights and state_dict are unchanged
+        model.loss_terms = torch.compile(model.loss_terms)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=t.lr, weight_decay=t.weight_decay)
+    if t.lr_schedule == "cosine":
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, t.steps) / t.steps)))
+    else:
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 1.0)
+    aux = data["auxiliary"]
+    sampler = PairedBatchSampler(
+        data["primary"].train_y.cpu(),
+        aux.train_y.cpu() if model.uses_auxiliary else None,
+        t.batch_size,
+        t.auxiliary_batch_size or t.batch_size,
+        seed,
+    )
+    return Trainer(model, optimizer, scheduler, sampler)
+
+
+def build_checked_model(method: Method, resolved: Resolved) -> torch.nn.Module:
+    """`build_model`, with a plugin's own failure or wrong return types reported as a PluginError."""
+    names = f"backbones '{resolved.primary.backbone_name}' / '{resolved.auxiliary.backbone_name}'"
+    try:
+        model = build_model(method, resolved)
+    except JadekitError:
+        raise
+    except Exception as e:  # a backbone bug must not surface as a traceback
+        raise PluginError(f"building the '{method}' model failed in {names}: {type(e).__name__}: {e}",
+                          hint="check model.*_backbone params, or fix the backbone plugin.") from None
+    # nn.Module keeps non-module attributes in __dict__: a backbone that returned e.g. None or a tensor lands there.
+    parts = ("primary_encoder", "auxiliary_encoder", "primary_decoder", "auxiliary_decoder")
+    wrong = [f"{n} is {type(m).__name__}" for n, m in vars(model).items() if n in parts]
+    if wrong:
+        raise PluginError(f"{names} returned objects that are not torch.nn.Module: {', '.join(wrong)}",
+                          hint="encoder() and decoder() must return torch.nn.Module instances (see docs/plugins.md).")
+    return model
+
+
+def probe_model(method: Method, model: torch.nn.Module, data: dict[str, DomainData], resolved: Resolved) -> None:
+    """Run one small real batch through the loss and the classifier, to catch shape/type bugs before any file is written."""
+    recipe = resolved.recipe
+    p, a = data["primary"], data["auxiliary"]
+    n = min(4, len(p.train_y))
+    y = p.train_y[:n]
+    batch = Batch(to_float(p.train_x[:n]), y)
+    if model.uses_auxiliary:  # same classes on both sides, so matching terms have pairs
+        ai = torch.stack([torch.nonzero(a.train_y == c).flatten()[0] for c in y])
+        batch = Batch(batch.x, y, to_float(a.train_x[ai]), a.train_y[ai])
+    what = f"the '{method}' model (backbones '{resolved.primary.backbone_name}' / '{resolved.auxiliary.backbone_name}')"
+    try:
+        with torch.no_grad():
+            terms = model.loss_terms(batch, loss_weights(recipe)(recipe.loss.kl_warmup_steps))
+            logits = predict_logits(model, p.train_x[:n], "primary")
+    except JadekitError:
+        raise
+    except Exception as e:
+        raise PluginError(
+            f"{what} cannot process primary images {tuple(p.train_x.shape[1:])} / auxiliary images {tuple(a.train_x.shape[1:])}: "
+            f"{type(e).__name__}: {str(e)[:300]}",
+            hint="pick a backbone that accepts this image size, set `resize` in the data table, or fix the backbone plugin.",
+        ) from None
+    if not isinstance(terms, dict) or not isinstance(terms.get("total"), torch.Tensor) or terms["total"].numel() != 1:
+        raise PluginError(f"{what} returned loss terms without a scalar 'total'", hint="fix the backbone plugin.")
+    if tuple(logits.shape) != (n, len(resolved.class_names)):
+        raise PluginError(f"{what} returned logits of shape {tuple(logits.shape)} for {n} images, "
+                          f"expected {(n, len(resolved.class_names))}",
+                          hint="fix the backbone plugin: encoder() must map (B, C, H, W) to (B, out_dim).")
+
+
+def loss_weights(recipe: Recipe) -> Callable[[int], LossWeights]:
+    """Step → loss weights, with both KL weights ramped up over `kl_warmup_steps`."""
+    lc = recipe.loss
+
+    def at(step: int) -> LossWeights:
+        ramp = min(1.0, step / lc.kl_warmup_steps) if lc.kl_warmup_steps else 1.0
+        return LossWeights(lc.reconstruction, lc.classification, lc.kl_prior * ramp, lc.kl_match * ramp,
+                           lc.auxiliary, lc.likelihood, lc.match)
+
+    return at
+
+
+def previous_checkpoint(path: Path) -> Path:
+    return path.with_suffix(path.suffix + ".prev")
+
+
+def resume_from_checkpoint(trainer: Trainer, run_dir: Path) -> list[str] | None:
+    """Load a run directory's checkpoint into `trainer`; None when there is nothing to resume.
+
+    A damaged newest checkpoint is moved aside to `checkpoint.pt.corrupt` (so the next save does not
+    rotate it over the good `.prev`), and metrics recorded after the checkpoint's step are dropped:
+    those steps run again, so every step appears exactly once in metrics.jsonl.
+
+    Returns:
+        Notes on what was met (a damaged file and the fallback used); empty when all was well.
+    """
+    ckpt_path = run_dir / CHECKPOINT
+    if not (ckpt_path.exists() or previous_checkpoint(ckpt_path).exists()):
+        return None
+    ckpt, notes = load_checkpoint(ckpt_path)
+    if notes and ckpt_path.exists():
+        os.replace(ckpt_path, ckpt_path.with_suffix(".pt.corrupt"))
+    if notes:
+        notes.append(f"resumed from the previous checkpoint {previous_checkpoint(ckpt_path)}")
+        for n in notes:
+            log.warning(n)
+    try:
+        trainer.load_state_dict(ckpt)
+    except (KeyError, RuntimeError, ValueError, TypeError, IndexError) as e:
+        raise RunDirError(
+            f"checkpoint in {run_dir} does not fit this recipe's model or data ({type(e).__name__}: {str(e)[:300]})",
+            hint="run with --force to discard it and start again, or restore the recipe it was trained with.",
+        ) from None
+    step = trainer.state.step
+    dropped = truncate_jsonl(run_dir / METRICS, lambda r: isinstance(r.get("step"), int) and r["step"] <= step)
+    if dropped:
+        log.info("dropped %d metric records past step %d (they are recomputed)", dropped, step)
+    return notes
+
+
+def apply_optimizer_settings(trainer: Trainer, lr: float, weight_decay: float) -> list[str]:
+    """Let a resumed run take the recipe's lr and weight decay (the optimizer state would restore the old ones).
+
+    Without this, "lower train.lr and --resume" after a divergence would silently keep the old rate.
+    Unchanged settings leave every value untouched, so an ordinary resume stays bit-exact.
+    """
+    sched, groups = trainer.scheduler, trainer.optimizer.param_groups
+    old_lr = sched.base_lrs[0] if sched.base_lrs else lr
+    old_wd = groups[0].get("weight_decay", weight_decay) if groups else weight_decay
+    if old_lr == lr and old_wd == weight_decay:
+        return []
+    sched.base_lrs = [lr for _ in sched.base_lrs]
+    for g, factor in zip(groups, sched.lr_lambdas, strict=True):
+        g["initial_lr"], g["weight_decay"] = lr, weight_decay
+        g["lr"] = lr * factor(sched.last_epoch)
+    sched._last_lr = [g["lr"] for g in groups]
+    return [f"resumed with train.lr {old_lr:g} -> {lr:g}, train.weight_decay {old_wd:g} -> {weight_decay:g}"]
