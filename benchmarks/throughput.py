@@ -26,11 +26,11 @@ from torch.utils.flop_counter import FlopCounterMode
 from torchvision import datasets, transforms
 
 from jadekit.build import build_model, load_resolved
-from jadekit.data.sampler import PairedBatchSampler
-from jadekit.engine.evaluate import predict_logits, to_float
+from jadekit.engine.evaluate import predict_logits
 from jadekit.engine.loop import LoopPlan, LoopState, fit
 from jadekit.engine.models import Batch, LossWeights
 from jadekit.runner import DataCache
+from jadekit.trainer import batch_drawer, loss_weights, make_trainer
 
 RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "usps_mnist.toml"
 METHODS = ("single", "paired", "jade")
@@ -60,27 +60,18 @@ def step_flops(model: torch.nn.Module, batch: Batch) -> int:
 
 
 def jadekit_train(method: str, resolved, cache: DataCache, steps: int) -> tuple[float, float]:
-    """(samples/s, GFLOP/s) of jadekit's own training loop."""
+    """(samples/s, GFLOP/s) of jadekit's own training path: `make_trainer`, `batch_drawer`, `fit`."""
     data = {d: cache.domain(d, 0) for d in ("primary", "auxiliary")}
-    p, a = data["primary"], data["auxiliary"]
     t = resolved.recipe.train
-    torch.manual_seed(0)
-    model = build_model(method, resolved)
-    opt = torch.optim.AdamW(model.parameters(), lr=t.lr)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
-    sampler = PairedBatchSampler(p.train_y, a.train_y if model.uses_auxiliary else None, t.batch_size, t.batch_size, 0)
-
-    def draw() -> Batch:
-        pi, ai = sampler.next()
-        if ai is None:
-            return Batch(to_float(p.train_x[pi]), p.train_y[pi])
-        return Batch(to_float(p.train_x[pi]), p.train_y[pi], to_float(a.train_x[ai]), a.train_y[ai])
-
+    trainer = make_trainer(method, resolved, data, 0, torch.device("cpu"))
+    model = trainer.model
+    draw = batch_drawer(trainer, data["primary"], data["auxiliary"], t.augment_shift)
     flops = step_flops(model, draw())
     val = lambda: {"accuracy": 0.0, "nll": 0.0}  # noqa: E731  (no validation inside the timing)
-    fit(model, opt, sched, draw, lambda s: LossWeights(), val, LoopPlan(5, 10**9, 10**9))  # warm-up
+    weights = loss_weights(resolved.recipe)
+    fit(model, trainer.optimizer, trainer.scheduler, draw, weights, val, LoopPlan(5, 10**9, 10**9))  # warm-up
     start = time.perf_counter()
-    fit(model, opt, sched, draw, lambda s: LossWeights(), val, LoopPlan(5 + steps, 10**9, 10**9), LoopState(step=5))
+    fit(model, trainer.optimizer, trainer.scheduler, draw, weights, val, LoopPlan(5 + steps, 10**9, 10**9), LoopState(step=5))
     elapsed = time.perf_counter() - start
     samples = steps * t.batch_size * (2 if model.uses_auxiliary else 1)
     return samples / elapsed, flops * steps / elapsed / 1e9
@@ -160,7 +151,8 @@ def main() -> None:
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args()
     root = Path(os.environ.get("JADEKIT_DATA", "~/.cache/jadekit")).expanduser()
-    resolved = load_resolved(RECIPE, ["primary.download=false", "auxiliary.download=false"])
+    # No augmentation: the reference has none either, so both paths do the same work per step.
+    resolved = load_resolved(RECIPE, ["primary.download=false", "auxiliary.download=false", "train.augment_shift=0"])
     cache = DataCache(resolved)
     results: dict[str, object] = {"threads": torch.get_num_threads(), "torch": torch.__version__}
     results["conv_peak_gflops"] = peak = conv_peak_gflops()

@@ -18,10 +18,8 @@ from jadekit.config import Method, Recipe, recipe_to_dict
 from jadekit.data.base import ImageSet
 from jadekit.data.prepare import DomainData, fingerprint, load_split, prepare_domain
 from jadekit.data.sampler import PairedBatchSampler
-from jadekit.engine.augment import random_shift
-from jadekit.engine.evaluate import classification_metrics, predict_logits, to_float
+from jadekit.engine.evaluate import classification_metrics, predict_logits
 from jadekit.engine.loop import Callback, LoopPlan, fit, restore_best
-from jadekit.engine.models import Batch
 from jadekit.errors import Interrupted, JadekitError, RunDirError, TrainingDiverged
 from jadekit.io import atomic_write_json, atomic_write_text
 from jadekit.provenance import versions
@@ -32,6 +30,7 @@ from jadekit.trainer import (
     Checkpointer,
     MetricsWriter,
     apply_optimizer_settings,
+    batch_drawer,
     build_checked_model,
     loss_weights,
     make_trainer,
@@ -134,17 +133,6 @@ def train_one(
 
     p, a = data["primary"], data["auxiliary"]
 
-    def images(x: torch.Tensor) -> torch.Tensor:  # offsets come from the checkpointed sampler generator
-        return to_float(random_shift(x, t.augment_shift, trainer.sampler.generator))
-
-    def draw_batch() -> Batch:
-        pi, ai = trainer.sampler.next()
-        pi = pi.to(device, non_blocking=True)
-        if ai is None:
-            return Batch(images(p.train_x[pi]), p.train_y[pi])
-        ai = ai.to(device, non_blocking=True)
-        return Batch(images(p.train_x[pi]), p.train_y[pi], images(a.train_x[ai]), a.train_y[ai])
-
     def validate() -> dict[str, float]:
         x, y = (p.val_x, p.val_y) if len(p.val_y) else (p.train_x, p.train_y)
         return evaluate_split(trainer.model, x, y, "primary")
@@ -164,7 +152,8 @@ def train_one(
     all_callbacks = [MetricsWriter(run_dir / METRICS), checkpointer, *callbacks]
     where = f"{method} seed {seed}"
     try:
-        state = fit(trainer.model, trainer.optimizer, trainer.scheduler, draw_batch, loss_weights(recipe), validate,
+        state = fit(trainer.model, trainer.optimizer, trainer.scheduler, batch_drawer(trainer, p, a, t.augment_shift),
+                    loss_weights(recipe), validate,
                     plan, trainer.state, all_callbacks, stop_requested)
     except TrainingDiverged as e:
         kept = (f"the last good checkpoint ({ckpt_path}, step {checkpointer.last_step}) is kept"

@@ -17,6 +17,7 @@ from jadekit.build import Resolved, build_model
 from jadekit.config import Method, Recipe, recipe_to_dict
 from jadekit.data.prepare import DomainData
 from jadekit.data.sampler import PairedBatchSampler
+from jadekit.engine.augment import random_shift
 from jadekit.engine.evaluate import predict_logits, to_float
 from jadekit.engine.loop import Callback, LoopState
 from jadekit.engine.models import Batch, LossWeights
@@ -134,6 +135,23 @@ def make_trainer(method: Method, resolved: Resolved, data: dict[str, DomainData]
         seed,
     )
     return Trainer(model, optimizer, scheduler, sampler)
+
+
+def batch_drawer(trainer: Trainer, p: DomainData, a: DomainData, shift: int) -> Callable[[], Batch]:
+    """The loop's batch source: the sampler's next indices, shifted (offsets from its checkpointed generator)."""
+
+    def images(x: torch.Tensor) -> torch.Tensor:
+        return to_float(random_shift(x, shift, trainer.sampler.generator))
+
+    def draw() -> Batch:
+        pi, ai = trainer.sampler.next()
+        pi = pi.to(p.train_x.device, non_blocking=True)
+        if ai is None:
+            return Batch(images(p.train_x[pi]), p.train_y[pi])
+        ai = ai.to(a.train_x.device, non_blocking=True)
+        return Batch(images(p.train_x[pi]), p.train_y[pi], images(a.train_x[ai]), a.train_y[ai])
+
+    return draw
 
 
 def build_checked_model(method: Method, resolved: Resolved) -> torch.nn.Module:
