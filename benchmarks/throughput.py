@@ -6,7 +6,10 @@ the data resident as uint8 tensors, draws batches by index, normalises per batch
 channels-last. Also reports jadekit's achieved GFLOP/s against this machine's measured
 dense-convolution peak.
 
-    JADEKIT_DATA=../shared/data python benchmarks/throughput.py [--steps 40] [--json out.json]
+    JADEKIT_DATA=../shared/data python benchmarks/throughput.py [--steps 40] [--device cpu|cuda] [--json out.json]
+
+On CUDA both paths run on the GPU: jadekit's data is resident in GPU memory, the reference
+copies each DataLoader batch to it (the usual loop).
 """
 
 from __future__ import annotations
@@ -36,18 +39,29 @@ RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "usps_mnist.toml"
 METHODS = ("single", "paired", "jade")
 
 
-def conv_peak_gflops(seconds: float = 3.0) -> float:
-    """GFLOP/s of a large dense 3x3 convolution (forward), channels-last: this machine's conv peak."""
-    conv = torch.nn.Conv2d(128, 128, 3, padding=1).to(memory_format=torch.channels_last)
-    x = torch.randn(32, 128, 32, 32).contiguous(memory_format=torch.channels_last)
-    flops = 2 * 32 * 128 * 128 * 9 * 32 * 32
+def sync(device: torch.device) -> None:
+    """Wait for queued GPU work, so wall-clock timings cover it."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def conv_peak_gflops(device: torch.device, seconds: float = 3.0) -> float:
+    """GFLOP/s of a large dense 3x3 convolution (forward, fp32), channels-last: this machine's conv peak."""
+    n_batch = 32 if device.type == "cpu" else 256
+    conv = torch.nn.Conv2d(128, 128, 3, padding=1).to(device, memory_format=torch.channels_last)
+    x = torch.randn(n_batch, 128, 32, 32, device=device).contiguous(memory_format=torch.channels_last)
+    flops = 2 * n_batch * 128 * 128 * 9 * 32 * 32
     with torch.inference_mode():
         for _ in range(3):
             conv(x)
+        sync(device)
         n, start = 0, time.perf_counter()
         while time.perf_counter() - start < seconds:
             conv(x)
             n += 1
+            if n % 10 == 0:
+                sync(device)
+        sync(device)
     return flops * n / (time.perf_counter() - start) / 1e9
 
 
@@ -59,19 +73,24 @@ def step_flops(model: torch.nn.Module, batch: Batch) -> int:
     return counter.get_total_flops()
 
 
-def jadekit_train(method: str, resolved, cache: DataCache, steps: int) -> tuple[float, float]:
+def jadekit_train(method: str, resolved, cache: DataCache, steps: int, device: torch.device,
+                  autocast: torch.dtype | None = None) -> tuple[float, float]:
     """(samples/s, GFLOP/s) of jadekit's own training path: `make_trainer`, `batch_drawer`, `fit`."""
-    data = {d: cache.domain(d, 0) for d in ("primary", "auxiliary")}
+    data = {d: cache.domain(d, 0).to(device) for d in ("primary", "auxiliary")}
     t = resolved.recipe.train
-    trainer = make_trainer(method, resolved, data, 0, torch.device("cpu"))
+    trainer = make_trainer(method, resolved, data, 0, device)
     model = trainer.model
     draw = batch_drawer(trainer, data["primary"], data["auxiliary"], t.augment_shift)
     flops = step_flops(model, draw())
     val = lambda: {"accuracy": 0.0, "nll": 0.0}  # noqa: E731  (no validation inside the timing)
     weights = loss_weights(resolved.recipe)
+    log_every = 1 if device.type == "cpu" else 25  # as the runner: on a GPU, one host sync per 25 steps
+    plan = LoopPlan(5 + steps, 10**9, 10**9, log_every=log_every, autocast_dtype=autocast, device_type=device.type)
     fit(model, trainer.optimizer, trainer.scheduler, draw, weights, val, LoopPlan(5, 10**9, 10**9))  # warm-up
+    sync(device)
     start = time.perf_counter()
-    fit(model, trainer.optimizer, trainer.scheduler, draw, weights, val, LoopPlan(5 + steps, 10**9, 10**9), LoopState(step=5))
+    fit(model, trainer.optimizer, trainer.scheduler, draw, weights, val, plan, LoopState(step=5))
+    sync(device)
     elapsed = time.perf_counter() - start
     samples = steps * t.batch_size * (2 if model.uses_auxiliary else 1)
     return samples / elapsed, flops * steps / elapsed / 1e9
@@ -96,11 +115,11 @@ def reference_sets(root: Path, tmp: Path):
     }
 
 
-def reference_train(method: str, resolved, sets, indices: dict, steps: int) -> float:
+def reference_train(method: str, resolved, sets, indices: dict, steps: int, device: torch.device) -> float:
     """Samples/s of the plain loop: two DataLoaders, per-sample ToTensor, NCHW-contiguous."""
     t = resolved.recipe.train
     torch.manual_seed(0)
-    model = build_model(method, resolved).to(memory_format=torch.contiguous_format)
+    model = build_model(method, resolved).to(device, memory_format=torch.contiguous_format)
     opt = torch.optim.AdamW(model.parameters(), lr=t.lr)
     prim = DataLoader(Subset(sets["usps_train"], indices["primary"]), batch_size=t.batch_size, shuffle=True, drop_last=True)
     aux = DataLoader(Subset(sets["mnist_train"], indices["auxiliary"]), batch_size=t.batch_size, shuffle=True, drop_last=True)
@@ -113,34 +132,40 @@ def reference_train(method: str, resolved, sets, indices: dict, steps: int) -> f
     done, start = -5, 0.0
     for (x, y), (xa, ya) in it:
         if done == 0:
+            sync(device)
             start = time.perf_counter()
         if done == steps:
             break
+        x, y, xa, ya = (v.to(device) for v in (x, y, xa, ya))
         opt.zero_grad()
         model.loss_terms(Batch(x, y, xa, ya), LossWeights())["total"].backward()
         opt.step()
         done += 1
+    sync(device)
     elapsed = time.perf_counter() - start
     return steps * t.batch_size * (2 if model.uses_auxiliary else 1) / elapsed
 
 
-def eval_throughputs(resolved, cache: DataCache, sets) -> dict[str, float]:
+def eval_throughputs(resolved, cache: DataCache, sets, device: torch.device) -> dict[str, float]:
     """Samples/s predicting the USPS + MNIST test sets: jadekit (resident uint8) vs DataLoader."""
-    model = build_model("jade", resolved)
-    p, a = cache.split("primary", "test"), cache.split("auxiliary", "test")
+    model = build_model("jade", resolved).to(device)
+    p, a = cache.split("primary", "test").images.to(device), cache.split("auxiliary", "test").images.to(device)
     n = len(p) + len(a)
-    predict_logits(model, p.images[:256])
+    predict_logits(model, p[:256])
+    sync(device)
     start = time.perf_counter()
-    predict_logits(model, p.images, "primary")
-    predict_logits(model, a.images, "auxiliary")
+    predict_logits(model, p, "primary")
+    predict_logits(model, a, "auxiliary")
+    sync(device)
     ours = n / (time.perf_counter() - start)
 
-    ref_model = build_model("jade", resolved).to(memory_format=torch.contiguous_format).eval()
+    ref_model = build_model("jade", resolved).to(device, memory_format=torch.contiguous_format).eval()
     start = time.perf_counter()
     with torch.no_grad():
         for name, domain in (("usps_test", "primary"), ("mnist_test", "auxiliary")):
             for x, _ in DataLoader(sets[name], batch_size=1024):
-                ref_model.logits(x, domain)
+                ref_model.logits(x.to(device), domain)
+    sync(device)
     ref = n / (time.perf_counter() - start)
     return {"jadekit": ours, "reference": ref, "ratio": ours / ref}
 
@@ -148,30 +173,37 @@ def eval_throughputs(resolved, cache: DataCache, sets) -> dict[str, float]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=40, help="timed training steps per method and path")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda[:N]: where both paths run")
+    parser.add_argument("--precision", choices=("fp32", "bf16"), default="fp32", help="jadekit's training precision (train.precision)")
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args()
+    device = torch.device(args.device)
     root = Path(os.environ.get("JADEKIT_DATA", "~/.cache/jadekit")).expanduser()
     # No augmentation: the reference has none either, so both paths do the same work per step.
     resolved = load_resolved(RECIPE, ["primary.download=false", "auxiliary.download=false", "train.augment_shift=0"])
     cache = DataCache(resolved)
-    results: dict[str, object] = {"threads": torch.get_num_threads(), "torch": torch.__version__}
-    results["conv_peak_gflops"] = peak = conv_peak_gflops()
+    autocast = torch.bfloat16 if args.precision == "bf16" else None
+    results: dict[str, object] = {"device": str(device), "precision": args.precision,
+                                  "threads": torch.get_num_threads(), "torch": torch.__version__}
+    if device.type == "cuda":
+        results["gpu"] = torch.cuda.get_device_name(device)
+    results["conv_peak_gflops"] = peak = conv_peak_gflops(device)
     with tempfile.TemporaryDirectory() as tmp:
         sets = reference_sets(root, Path(tmp))
         train = {}
         for method in METHODS:
             data = {d: cache.domain(d, 0) for d in ("primary", "auxiliary")}
             indices = {d: data[d].indices["train"] for d in data}
-            ours, gflops = jadekit_train(method, resolved, cache, args.steps)
-            ref = reference_train(method, resolved, sets, indices, args.steps)
+            ours, gflops = jadekit_train(method, resolved, cache, args.steps, device, autocast)
+            ref = reference_train(method, resolved, sets, indices, args.steps, device)
             train[method] = {"jadekit": ours, "reference": ref, "ratio": ours / ref, "gflops": gflops,
                              "share_of_conv_peak": gflops / peak}
             print(f"train {method:6s}: jadekit {ours:8.0f} samples/s  reference {ref:8.0f}  x{ours / ref:.2f}  "
                   f"{gflops:6.1f} GFLOP/s = {100 * gflops / peak:.0f}% of conv peak", flush=True)
         results["train"] = train
-        results["eval"] = ev = eval_throughputs(resolved, cache, sets)
+        results["eval"] = ev = eval_throughputs(resolved, cache, sets, device)
     print(f"eval  (jade):  jadekit {ev['jadekit']:8.0f} samples/s  reference {ev['reference']:8.0f}  x{ev['ratio']:.2f}")
-    print(f"dense conv peak: {peak:.1f} GFLOP/s on {results['threads']} threads")
+    print(f"dense conv peak: {peak:.1f} GFLOP/s on {results.get('gpu', str(results['threads']) + ' threads')}")
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))
 
