@@ -114,6 +114,10 @@ class LossConfig(Strict):
     match: Literal["pairwise", "class_moments"] = Field(
         "pairwise", description="pairwise: mean KL over same-class pairs; class_moments: KL of per-class Gaussians."
     )
+    match_gradient: Literal["both", "primary"] = Field(
+        "both", description="Encoders the matching KL trains. both: the paper's objective; primary: the auxiliary "
+        "posterior is a fixed target (no gradient), so matching moves only the primary content toward the auxiliary's.",
+    )
     likelihood: Literal["bernoulli", "gaussian"] = Field("bernoulli", description="Decoder likelihood.")
     kl_warmup_steps: NonNegativeInt = Field(0, description="Ramp both KL weights linearly from 0 over these steps.")
 
@@ -133,6 +137,9 @@ class TrainConfig(Strict):
         0, description="Shift training images (both datasets) by up to N pixels at random; 0 = no augmentation."
     )
     eval_every: PositiveInt = Field(250, description="Validate (and keep the best state) every N steps.")
+    select_on: Literal["accuracy", "nll"] = Field(
+        "accuracy", description="Validation metric that picks the kept (reported) weights; ties go to the other one.",
+    )
     checkpoint_every: PositiveInt | None = Field(None, description="Checkpoint every N steps; default eval_every.")
     device: str = Field("auto", description="auto (CUDA, else MPS, else CPU), cpu, cuda, cuda:N or mps.")
     precision: Literal["fp32", "bf16"] = Field("fp32", description="bf16 autocast for the forward pass.")

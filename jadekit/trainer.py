@@ -211,7 +211,7 @@ def loss_weights(recipe: Recipe) -> Callable[[int], LossWeights]:
     def at(step: int) -> LossWeights:
         ramp = min(1.0, step / lc.kl_warmup_steps) if lc.kl_warmup_steps else 1.0
         return LossWeights(lc.reconstruction, lc.classification, lc.kl_prior * ramp, lc.kl_match * ramp,
-                           lc.auxiliary, lc.likelihood, lc.match)
+                           lc.auxiliary, lc.likelihood, lc.match, lc.match_gradient)
 
     return at
 

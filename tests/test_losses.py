@@ -188,6 +188,21 @@ def test_jade_total_is_the_weighted_sum_of_its_logged_terms(match, likelihood):
     assert terms["kl_match"].item() == pytest.approx(km.item(), rel=1e-12)
 
 
+@pytest.mark.parametrize("side", ["both", "primary"])
+def test_match_gradient_reaches_the_chosen_encoders(side):
+    """With match_gradient="primary" the auxiliary posterior is a fixed target: matching trains only the primary encoder."""
+    torch.manual_seed(0)
+    model = Jade(_encoder(8), _encoder(8), _decoder(4), _decoder(4), Classifier(2, [5], 3, 0.0), content_dim=2).eval()
+    only_match = LossWeights(reconstruction=0.0, classification=0.0, kl_prior=0.0, kl_match=1.0, match_gradient=side)
+    terms = model.loss_terms(_batch(), only_match)
+    assert terms["kl_match"].item() > 0
+    terms["total"].backward()
+    grad_norm = {d: sum(p.grad.abs().sum().item() for p in getattr(model, f"{d}_encoder").parameters() if p.grad is not None)
+                 for d in ("primary", "auxiliary")}
+    assert grad_norm["primary"] > 0
+    assert (grad_norm["auxiliary"] > 0) == (side == "both")
+
+
 def test_single_and_paired_totals():
     torch.manual_seed(0)
     b = _batch()

@@ -12,6 +12,7 @@ from typer.testing import CliRunner
 
 from jadekit.cli import app
 from jadekit.config import load_recipe
+from jadekit.engine.loop import LoopPlan, fit
 
 ROOT = Path(__file__).resolve().parents[1]
 METHODS = ("single", "paired", "jade")
@@ -198,3 +199,25 @@ def test_compiled_step_matches_eager_losses(write_tiny_recipe, tmp_path):
         assert res.exit_code == 0, res.output
         totals[compiled] = [r["total"] for r in read_jsonl(out / "paired" / "seed-0" / "metrics.jsonl") if r["kind"] == "train"]
     assert totals[True] == pytest.approx(totals[False], rel=1e-4)
+
+
+
+@pytest.mark.parametrize(("select_on", "kept"), [("accuracy", 3), ("nll", 4)])
+def test_validation_metric_picks_the_kept_weights(select_on, kept):
+    """The weights kept are those of the step with the best train.select_on metric (ties: the other metric)."""
+    model = torch.nn.Linear(1, 1, bias=False)
+    model.loss_terms = lambda batch, w: {"total": (model.weight * 0).sum()}
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
+    scores = [(0.8, 0.5), (0.9, 0.4), (0.9, 0.3), (0.85, 0.1)]  # (accuracy, nll) validated after steps 1..4
+
+    def validate():
+        step = validate.calls = getattr(validate, "calls", 0) + 1
+        with torch.no_grad():
+            model.weight.fill_(step)  # the weights remember the step they were validated at
+        acc, nll = scores[step - 1]
+        return {"accuracy": acc, "nll": nll}
+
+    state = fit(model, opt, sched, lambda: None, lambda s: None, validate, LoopPlan(4, 1, 100, select_on=select_on))
+    assert state.best_step == kept
+    assert state.best_model["weight"].item() == kept

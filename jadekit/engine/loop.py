@@ -57,6 +57,13 @@ class LoopPlan:
     log_every: int = 1
     autocast_dtype: torch.dtype | None = None  # e.g. torch.bfloat16
     device_type: str = "cpu"
+    select_on: str = "accuracy"  # keep the weights of the best validation "accuracy" (ties: NLL) or "nll" (ties: accuracy)
+
+    def better(self, score: tuple[float, float], than: tuple[float, float] | None) -> bool:
+        """Whether a (val accuracy, -val NLL) score beats the best so far."""
+        if than is None:
+            return True
+        return score > than if self.select_on == "accuracy" else score[::-1] > than[::-1]
 
 
 @dataclass
@@ -134,7 +141,7 @@ def fit(
         if validating:
             metrics = validate()
             score = (metrics["accuracy"], -metrics["nll"])
-            improved = state.best_score is None or score > state.best_score
+            improved = plan.better(score, state.best_score)
             if improved:
                 state.best_score, state.best_step = score, state.step
                 state.best_model = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}

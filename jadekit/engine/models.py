@@ -56,6 +56,7 @@ class LossWeights:
     auxiliary: float = 1.0
     likelihood: str = "bernoulli"
     match: str = "pairwise"
+    match_gradient: str = "both"  # "primary": the auxiliary posterior is a fixed target of the matching KL
 
 
 class SingleClassifier(nn.Module):
@@ -157,9 +158,10 @@ class Jade(nn.Module):
         p = self.elbo_terms(batch.x, batch.y, "primary", w.likelihood)
         a = self.elbo_terms(batch.x_aux, batch.y_aux, "auxiliary", w.likelihood)
         c = self.content_dim
-        match = losses.content_match(
-            w.match, p["mu"][:, :c], p["logvar"][:, :c], batch.y, a["mu"][:, :c], a["logvar"][:, :c], batch.y_aux
-        )
+        mu_a, logvar_a = a["mu"][:, :c], a["logvar"][:, :c]
+        if w.match_gradient == "primary":
+            mu_a, logvar_a = mu_a.detach(), logvar_a.detach()
+        match = losses.content_match(w.match, p["mu"][:, :c], p["logvar"][:, :c], batch.y, mu_a, logvar_a, batch.y_aux)
         terms = {f"{k}_{d}": t[k] for d, t in (("primary", p), ("auxiliary", a)) for k in ("recon", "ce", "kl")}
         terms["kl_match"] = match
 
