@@ -137,8 +137,9 @@ class TrainConfig(Strict):
         0, description="Shift training images (both datasets) by up to N pixels at random; 0 = no augmentation."
     )
     eval_every: PositiveInt = Field(250, description="Validate (and keep the best state) every N steps.")
-    select_on: Literal["accuracy", "nll"] = Field(
-        "accuracy", description="Validation metric that picks the kept (reported) weights; ties go to the other one.",
+    select: Literal["val_accuracy", "val_nll", "last"] = Field(
+        "val_accuracy", description="Weights kept and reported: best validation accuracy (ties: NLL), best validation "
+        "NLL (ties: accuracy), or the last step's (validation still recorded).",
     )
     checkpoint_every: PositiveInt | None = Field(None, description="Checkpoint every N steps; default eval_every.")
     device: str = Field("auto", description="auto (CUDA, else MPS, else CPU), cpu, cuda, cuda:N or mps.")

@@ -144,7 +144,7 @@ def train_one(
         log_every=1 if device.type == "cpu" else 25,
         autocast_dtype=torch.bfloat16 if t.precision == "bf16" else None,
         device_type=device.type,
-        select_on=t.select_on,
+        select=t.select,
     )
     started = time.perf_counter()
     start_step = trainer.state.step

@@ -202,14 +202,14 @@ def test_compiled_step_matches_eager_losses(write_tiny_recipe, tmp_path):
 
 
 
-@pytest.mark.parametrize(("select_on", "kept"), [("accuracy", 3), ("nll", 4)])
-def test_validation_metric_picks_the_kept_weights(select_on, kept):
-    """The weights kept are those of the step with the best train.select_on metric (ties: the other metric)."""
+@pytest.mark.parametrize(("select", "kept"), [("val_accuracy", 3), ("val_nll", 4), ("last", 5)])
+def test_train_select_picks_the_kept_weights(select, kept):
+    """The weights kept are the best by validation accuracy (ties: NLL), by NLL (ties: accuracy), or the last."""
     model = torch.nn.Linear(1, 1, bias=False)
     model.loss_terms = lambda batch, w: {"total": (model.weight * 0).sum()}
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
-    scores = [(0.8, 0.5), (0.9, 0.4), (0.9, 0.3), (0.85, 0.1)]  # (accuracy, nll) validated after steps 1..4
+    scores = [(0.8, 0.5), (0.9, 0.4), (0.9, 0.3), (0.85, 0.1), (0.7, 0.9)]  # (accuracy, nll) validated after steps 1..5
 
     def validate():
         step = validate.calls = getattr(validate, "calls", 0) + 1
@@ -218,6 +218,6 @@ def test_validation_metric_picks_the_kept_weights(select_on, kept):
         acc, nll = scores[step - 1]
         return {"accuracy": acc, "nll": nll}
 
-    state = fit(model, opt, sched, lambda: None, lambda s: None, validate, LoopPlan(4, 1, 100, select_on=select_on))
+    state = fit(model, opt, sched, lambda: None, lambda s: None, validate, LoopPlan(5, 1, 100, select=select))
     assert state.best_step == kept
     assert state.best_model["weight"].item() == kept

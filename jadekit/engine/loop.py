@@ -57,13 +57,13 @@ class LoopPlan:
     log_every: int = 1
     autocast_dtype: torch.dtype | None = None  # e.g. torch.bfloat16
     device_type: str = "cpu"
-    select_on: str = "accuracy"  # keep the weights of the best validation "accuracy" (ties: NLL) or "nll" (ties: accuracy)
+    select: str = "val_accuracy"  # weights kept: best "val_accuracy" (ties: NLL), best "val_nll" (ties: accuracy), or "last"
 
     def better(self, score: tuple[float, float], than: tuple[float, float] | None) -> bool:
-        """Whether a (val accuracy, -val NLL) score beats the best so far."""
-        if than is None:
+        """Whether weights validated at (accuracy, -NLL) replace the kept ones (always, for "last")."""
+        if than is None or self.select == "last":
             return True
-        return score > than if self.select_on == "accuracy" else score[::-1] > than[::-1]
+        return score > than if self.select == "val_accuracy" else score[::-1] > than[::-1]
 
 
 @dataclass
