@@ -18,21 +18,18 @@ from pathlib import Path
 
 import torch
 
-from jadekit.data.base import ImageSet
-from jadekit.data.prepare import load_split
 from jadekit.engine.evaluate import classification_metrics, predict_logits
 from jadekit.evaluation import LoadedRun, find_runs, load_run
 from jadekit.io import load_checkpoint
+from jadekit.runner import DataCache
 
-_TRAIN_SETS: dict[str, ImageSet] = {}
+_CACHES: dict[str, DataCache] = {}  # one per data table, so runs of the same data load it once
 
 
 def unseen_images(run: LoadedRun, domain: str, drawn: dict[str, list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
     """Training images of `domain` outside the run's drawn train + validation indices."""
-    spec, cfg = getattr(run.resolved, domain), getattr(run.resolved.recipe, domain)
-    if spec.name not in _TRAIN_SETS:
-        _TRAIN_SETS[spec.name] = load_split(spec.name, spec.adapter, spec.params, cfg, "train", spec.info.image_shape)
-    data = _TRAIN_SETS[spec.name]
+    key = json.dumps([domain, getattr(run.resolved.recipe, domain).model_dump(mode="json")], sort_keys=True)
+    data = _CACHES.setdefault(key, DataCache(run.resolved)).split(domain, "train")
     unseen = torch.ones(len(data.labels), dtype=torch.bool)
     unseen[torch.tensor(drawn["train"] + drawn["val"], dtype=torch.long)] = False
     return data.images[unseen], data.labels[unseen]

@@ -15,6 +15,7 @@ copies each DataLoader batch to it (the usual loop).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import gzip
 import json
 import os
@@ -29,6 +30,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from torchvision import datasets, transforms
 
 from jadekit.build import build_model, load_resolved
+from jadekit.data.prepare import DomainData
 from jadekit.engine.evaluate import predict_logits
 from jadekit.engine.loop import LoopPlan, LoopState, fit
 from jadekit.engine.models import Batch, LossWeights
@@ -73,10 +75,9 @@ def step_flops(model: torch.nn.Module, batch: Batch) -> int:
     return counter.get_total_flops()
 
 
-def jadekit_train(method: str, resolved, cache: DataCache, steps: int, device: torch.device,
+def jadekit_train(method: str, resolved, data: dict[str, DomainData], steps: int, device: torch.device,
                   autocast: torch.dtype | None = None) -> tuple[float, float]:
     """(samples/s, GFLOP/s) of jadekit's own training path: `make_trainer`, `batch_drawer`, `fit`."""
-    data = {d: cache.domain(d, 0).to(device) for d in ("primary", "auxiliary")}
     t = resolved.recipe.train
     trainer = make_trainer(method, resolved, data, 0, device)
     model = trainer.model
@@ -86,7 +87,7 @@ def jadekit_train(method: str, resolved, cache: DataCache, steps: int, device: t
     weights = loss_weights(resolved.recipe)
     log_every = 1 if device.type == "cpu" else 25  # as the runner: on a GPU, one host sync per 25 steps
     plan = LoopPlan(5 + steps, 10**9, 10**9, log_every=log_every, autocast_dtype=autocast, device_type=device.type)
-    fit(model, trainer.optimizer, trainer.scheduler, draw, weights, val, LoopPlan(5, 10**9, 10**9))  # warm-up
+    fit(model, trainer.optimizer, trainer.scheduler, draw, weights, val, dataclasses.replace(plan, steps=5))  # warm-up
     sync(device)
     start = time.perf_counter()
     fit(model, trainer.optimizer, trainer.scheduler, draw, weights, val, plan, LoopState(step=5))
@@ -190,11 +191,12 @@ def main() -> None:
     results["conv_peak_gflops"] = peak = conv_peak_gflops(device)
     with tempfile.TemporaryDirectory() as tmp:
         sets = reference_sets(root, Path(tmp))
+        data = {d: cache.domain(d, 0) for d in ("primary", "auxiliary")}  # seed 0's subsets, for both paths
+        indices = {d: data[d].indices["train"] for d in data}
+        on_device = {d: v.to(device) for d, v in data.items()}
         train = {}
         for method in METHODS:
-            data = {d: cache.domain(d, 0) for d in ("primary", "auxiliary")}
-            indices = {d: data[d].indices["train"] for d in data}
-            ours, gflops = jadekit_train(method, resolved, cache, args.steps, device, autocast)
+            ours, gflops = jadekit_train(method, resolved, on_device, args.steps, device, autocast)
             ref = reference_train(method, resolved, sets, indices, args.steps, device)
             train[method] = {"jadekit": ours, "reference": ref, "ratio": ours / ref, "gflops": gflops,
                              "share_of_conv_peak": gflops / peak}

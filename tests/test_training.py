@@ -201,7 +201,6 @@ def test_compiled_step_matches_eager_losses(write_tiny_recipe, tmp_path):
     assert totals[True] == pytest.approx(totals[False], rel=1e-4)
 
 
-
 @pytest.mark.parametrize(("select", "kept"), [("val_accuracy", 3), ("val_nll", 4), ("last", 5)])
 def test_train_select_picks_the_kept_weights(select, kept):
     """The weights kept are the best by validation accuracy (ties: NLL), by NLL (ties: accuracy), or the last."""
