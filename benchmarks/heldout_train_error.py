@@ -7,6 +7,7 @@ the kept ("best") and the last weights on it gives a tuning signal far less nois
 were chosen this way: a user with a truly scarce dataset has no such pool.
 
     JADEKIT_DATA=../shared/data python benchmarks/heldout_train_error.py runs/explore/rec03_100 ...
+    ... heldout_train_error.py --device cuda --json scores.json runs-gpu/*     # on a GPU, rows kept as JSON
 """
 
 from __future__ import annotations
@@ -39,12 +40,12 @@ def error(run: LoadedRun, images: torch.Tensor, labels: torch.Tensor, domain: st
     return classification_metrics(predict_logits(run.model, images, domain), labels)["error"]
 
 
-def score_run(run_dir: Path) -> dict[str, float]:
+def score_run(run_dir: Path, device: str = "cpu") -> dict[str, float]:
     """Unseen-image error (%) of the kept and of the last weights, per domain the model has."""
-    run = load_run(run_dir)
+    run = load_run(run_dir, device=device)
     drawn = json.loads((run_dir / "indices.json").read_text())
     domains = ("primary", "auxiliary") if run.model.uses_auxiliary else ("primary",)
-    sets = {d: unseen_images(run, d, drawn[d]) for d in domains}
+    sets = {d: tuple(t.to(device) for t in unseen_images(run, d, drawn[d])) for d in domains}
     scores = {f"{d}_kept": error(run, *sets[d], d) for d in domains}
     state, _ = load_checkpoint(run_dir / "checkpoint.pt")
     run.model.load_state_dict(state["model"])  # the last step's weights
@@ -54,19 +55,25 @@ def score_run(run_dir: Path) -> dict[str, float]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("dirs", nargs="+", type=Path, help="output directories (<dir>/<method>/seed-<n>/)")
+    parser.add_argument("--device", default="cpu", help="device to score on (cpu, cuda)")
+    parser.add_argument("--json", type=Path, help="also write every run's scores to this JSON file")
     args = parser.parse_args()
+    all_rows: list[dict] = []
     for out_dir in args.dirs:
         by_method: dict[str, list[dict[str, float]]] = {}
         for run_dir in find_runs(out_dir):
             if not (run_dir / "final.json").exists():
                 continue  # unfinished
             final = json.loads((run_dir / "final.json").read_text())
-            scores = score_run(run_dir)
+            scores = score_run(run_dir, args.device)
             by_method.setdefault(final["method"], []).append(scores)
+            all_rows.append({"run": str(run_dir), "method": final["method"], "seed": final["seed"]} | scores)
             print(f"{run_dir}  kept step {final['best_step']}: " + "  ".join(f"{k} {v:.2f}" for k, v in scores.items()))
         for method, rows in by_method.items():
             means = "  ".join(f"{k} {statistics.mean(r[k] for r in rows):.2f}" for k in rows[0])
             print(f"== {out_dir} {method} (n = {len(rows)}): {means}")
+        if args.json:
+            args.json.write_text(json.dumps(all_rows, indent=1))
 
 
 if __name__ == "__main__":

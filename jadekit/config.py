@@ -85,8 +85,10 @@ class ModelConfig(Strict):
     content_dim: PositiveInt = Field(10, description="Content dims fed to the classifier (the bottleneck size).")
     classifier_hidden: list[PositiveInt] = Field([500, 500, 500], min_length=1, description="MLP hidden sizes.")
     dropout: float = Field(0.5, ge=0.0, lt=1.0, description="Dropout after each hidden layer of the MLP.")
-    classifier_input: Literal["sample", "mean"] = Field(
-        "sample", description="jade: train the classifier on a posterior sample of the content, or on its mean."
+    classifier_input: Literal["sample", "mean", "auxiliary-mean"] = Field(
+        "sample",
+        description="jade: train the classifier on a posterior sample of the content, on its mean, "
+        "or on the mean for the auxiliary dataset and a sample for the primary.",
     )
 
     @model_validator(mode="after")

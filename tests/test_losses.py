@@ -216,13 +216,18 @@ def test_single_and_paired_totals():
     assert terms["total"].item() == pytest.approx(expected.item(), rel=1e-6)
 
 
-@pytest.mark.parametrize("classifier_input", ["sample", "mean"])
-def test_jade_classifier_input_in_training(classifier_input):
+@pytest.mark.parametrize(
+    ("classifier_input", "on_mean"),
+    [("sample", {"primary": False, "auxiliary": False}), ("mean", {"primary": True, "auxiliary": True}),
+     ("auxiliary-mean", {"primary": False, "auxiliary": True})],
+)
+def test_jade_classifier_input_in_training(classifier_input, on_mean):
     torch.manual_seed(0)
     model = Jade(_encoder(8), _encoder(8), _decoder(4), _decoder(4), Classifier(2, [5], 3, 0.0), 2, classifier_input)
     model.train()  # z is a posterior sample here
     b = _batch()
-    ce = model.elbo_terms(b.x, b.y, "primary", "bernoulli")["ce"]
-    mu, _ = model.posterior(b.x, "primary")
-    ce_of_mean = nn.functional.cross_entropy(model.classifier(mu[:, :2]), b.y)
-    assert torch.isclose(ce, ce_of_mean).item() == (classifier_input == "mean")
+    for domain in ("primary", "auxiliary"):
+        ce = model.elbo_terms(b.x, b.y, domain, "bernoulli")["ce"]
+        mu, _ = model.posterior(b.x, domain)
+        ce_of_mean = nn.functional.cross_entropy(model.classifier(mu[:, :2]), b.y)
+        assert torch.isclose(ce, ce_of_mean).item() == on_mean[domain], domain

@@ -106,7 +106,8 @@ class Jade(nn.Module):
 
     Encoders output 2 * latent_dim numbers: the Gaussian mean and log-variance. The classifier
     is trained on a posterior sample of the content (`classifier_input="sample"`, the ELBO's
-    E_q[log p(l|z)]) or on its mean ("mean"); it always predicts from the mean.
+    E_q[log p(l|z)]), on its mean ("mean"), or on the mean for the auxiliary dataset only
+    ("auxiliary-mean"); it always predicts from the mean.
     """
 
     uses_auxiliary = True
@@ -146,9 +147,10 @@ class Jade(nn.Module):
         mu, logvar = self.posterior(x, domain)
         z = mu + torch.randn_like(mu) * (0.5 * logvar).exp() if self.training else mu
         decoder = self.primary_decoder if domain == "primary" else self.auxiliary_decoder
+        on_mean = self.classifier_input == "mean" or (self.classifier_input == "auxiliary-mean" and domain == "auxiliary")
         return {
             "recon": losses.reconstruction_nll(decoder(z), x, likelihood).mean(),
-            "ce": F.cross_entropy(self.classifier((mu if self.classifier_input == "mean" else z)[:, : self.content_dim]), y),
+            "ce": F.cross_entropy(self.classifier((mu if on_mean else z)[:, : self.content_dim]), y),
             "kl": losses.kl_standard_normal(mu, logvar).mean(),
             "mu": mu,
             "logvar": logvar,
