@@ -224,7 +224,7 @@ def check_output_dir(recipe: Recipe, resume: bool, force: bool, claim: bool = Tr
                 hint="pick another experiment.output_dir, pass --resume to continue them with this recipe, "
                 "or --force to discard them.",
             )
-    elif out.exists() and any(out.iterdir()) and not force:
+    elif out.exists() and any(not _is_marker_in_flight(p, marker) for p in out.iterdir()) and not force:
         raise RunDirError(
             f"{out} exists and is not a jadekit output directory", hint="pick another experiment.output_dir, or pass --force."
         )
@@ -237,6 +237,11 @@ def check_output_dir(recipe: Recipe, resume: bool, force: bool, claim: bool = Tr
         atomic_write_json(marker, {"recipe_fingerprint": fp, "experiment": recipe.experiment.name})
     except OSError as e:
         raise RunDirError(f"cannot write to output directory {out}: {e.strerror}", hint="choose a writable output_dir.") from None
+
+
+def _is_marker_in_flight(path: Path, marker: Path) -> bool:
+    """A sibling process's marker, mid atomic write: seeds started in parallel claim one directory together."""
+    return path.name.startswith(f".{marker.name}.") and path.name.endswith(".tmp")
 
 
 @dataclass(frozen=True)

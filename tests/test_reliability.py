@@ -18,7 +18,9 @@ from typer.testing import CliRunner
 
 from jadekit import io
 from jadekit.cli import app
+from jadekit.config import load_recipe
 from jadekit.errors import RunDirError
+from jadekit.runner import check_output_dir, recipe_fingerprint
 
 JADEKIT = [str(Path(sys.executable).parent / "jadekit")]
 RUN_DIR = Path("out") / "jade" / "seed-0"
@@ -175,6 +177,20 @@ def test_foreign_output_dir_needs_force_or_resume(tmp_path, write_recipe):
     assert refused.exit_code == 2 and "different recipe" in refused.output
     assert resumed.exit_code == 0 and "resuming at step 6" in resumed.output
     assert train_steps(out / "jade" / "seed-0") == list(range(1, 9))
+
+
+def test_seeds_started_together_can_claim_one_new_output_dir(tmp_path, write_recipe):
+    recipe = load_recipe(write_recipe(tmp_path, steps=6))
+    with contextlib.chdir(tmp_path):
+        out = Path(recipe.experiment.output_dir)
+        out.mkdir()
+        (out / ".jadekit-output.json.k3x9.tmp").write_text("{")  # a sibling's marker, mid atomic write
+        check_output_dir(recipe, resume=False, force=False)
+        assert json.loads((out / "jadekit-output.json").read_text())["recipe_fingerprint"] == recipe_fingerprint(recipe)
+        (out / "jadekit-output.json").unlink()
+        (out / "notes.txt").write_text("someone else's")
+        with pytest.raises(RunDirError, match="is not a jadekit output directory"):
+            check_output_dir(recipe, resume=False, force=False)
 
 
 # --- durable files -----------------------------------------------------------------------------------
