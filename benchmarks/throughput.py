@@ -1,7 +1,8 @@
 """Training and evaluation throughput: jadekit vs a plain PyTorch reference, side by side.
 
 The reference is what one writes first: torchvision datasets, a DataLoader with a per-sample
-ToTensor, default (NCHW-contiguous) memory format, the same model and loss. jadekit keeps
+ToTensor, default (NCHW-contiguous) memory format, the same model and loss in the paper's
+literal layer order (conv, ReLU, pool; upsample, conv), and the default AdamW. jadekit keeps
 the data resident as uint8 tensors, draws batches by index, normalises per batch and runs
 channels-last. Also reports jadekit's achieved GFLOP/s against this machine's measured
 dense-convolution peak.
@@ -29,6 +30,7 @@ from torch.utils.data import DataLoader, Subset
 from torch.utils.flop_counter import FlopCounterMode
 from torchvision import datasets, transforms
 
+from jadekit.backbones.layers import literal_form
 from jadekit.build import build_model, load_resolved
 from jadekit.data.prepare import DomainData
 from jadekit.engine.evaluate import predict_logits
@@ -120,7 +122,7 @@ def reference_train(method: str, resolved, sets, indices: dict, steps: int, devi
     """Samples/s of the plain loop: two DataLoaders, per-sample ToTensor, NCHW-contiguous."""
     t = resolved.recipe.train
     torch.manual_seed(0)
-    model = build_model(method, resolved).to(device, memory_format=torch.contiguous_format)
+    model = literal_form(build_model(method, resolved)).to(device, memory_format=torch.contiguous_format)
     opt = torch.optim.AdamW(model.parameters(), lr=t.lr)
     prim = DataLoader(Subset(sets["usps_train"], indices["primary"]), batch_size=t.batch_size, shuffle=True, drop_last=True)
     aux = DataLoader(Subset(sets["mnist_train"], indices["auxiliary"]), batch_size=t.batch_size, shuffle=True, drop_last=True)
@@ -160,7 +162,7 @@ def eval_throughputs(resolved, cache: DataCache, sets, device: torch.device) -> 
     sync(device)
     ours = n / (time.perf_counter() - start)
 
-    ref_model = build_model("jade", resolved).to(device, memory_format=torch.contiguous_format).eval()
+    ref_model = literal_form(build_model("jade", resolved)).to(device, memory_format=torch.contiguous_format).eval()
     start = time.perf_counter()
     with torch.no_grad():
         for name, domain in (("usps_test", "primary"), ("mnist_test", "auxiliary")):

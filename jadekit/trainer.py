@@ -121,7 +121,9 @@ def make_trainer(method: Method, resolved: Resolved, data: dict[str, DomainData]
     model = build_checked_model(method, resolved).to(device)  # channels-last already
     if t.compile:  # compiles the whole training forward (all loss terms); weights and state_dict are unchanged
         model.loss_terms = torch.compile(model.loss_terms)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=t.lr, weight_decay=t.weight_decay)
+    # One fused kernel per step instead of a dozen multi-tensor ops (same update rule; supported on these devices).
+    fused = device.type in ("cpu", "cuda", "mps")
+    optimizer = torch.optim.AdamW(model.parameters(), lr=t.lr, weight_decay=t.weight_decay, fused=fused)
     if t.lr_schedule == "cosine":
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, t.steps) / t.steps)))
     else:

@@ -12,6 +12,7 @@ from typer.testing import CliRunner
 from jadekit import registry
 from jadekit.backbones.base import Backbone
 from jadekit.backbones.cnn import CNN, CNNParams, PaperMNIST, PaperSVHN
+from jadekit.backbones.layers import UpsampleConv2d, literal_form
 from jadekit.backbones.timm_backbone import Timm, TimmParams
 from jadekit.cli import app
 from jadekit.errors import DataError, PluginError
@@ -44,6 +45,40 @@ def test_cnn_encoder_decoder_shapes(name, bb, params, shape):
     x = torch.rand(2, *shape)
     assert enc(x).shape == (2, 12)
     assert dec(torch.randn(2, 7)).shape == (2, *shape)
+
+
+@pytest.mark.parametrize(("cin", "cout", "hw"), [(32, 1, (14, 14)), (5, 3, (4, 7)), (3, 6, (1, 1))])
+def test_upsample_conv_equals_upsample_then_conv(cin, cout, hw):
+    """Same outputs and gradients as nn.Upsample(2x nearest) + nn.Conv2d with the same weights, any format."""
+    torch.manual_seed(0)
+    fused = UpsampleConv2d(cin, cout)
+    plain = torch.nn.Conv2d(cin, cout, 3, padding=1)
+    plain.load_state_dict(fused.state_dict())  # the same keys and shapes as a Conv2d
+    x = torch.randn(3, cin, *hw).contiguous(memory_format=torch.channels_last).requires_grad_()
+    ref = plain(torch.nn.functional.interpolate(x, scale_factor=2, mode="nearest"))
+    out = fused(x)
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
+    g = torch.randn_like(ref)
+    for a, b in zip(torch.autograd.grad(out, [x, *fused.parameters()], g),
+                    torch.autograd.grad(ref, [x, *plain.parameters()], g), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
+@pytest.mark.parametrize(("name", "bb", "params"), backbones(), ids=lambda v: v if isinstance(v, str) else "")
+def test_cnn_fast_forms_equal_the_papers_layer_order(name, bb, params, shape):
+    """Pool before ReLU and the fused image layer compute what conv, ReLU, pool / upsample, conv compute."""
+    torch.manual_seed(0)
+    enc, dec = bb.encoder(shape, 12, params), bb.decoder(7, shape, params)
+    x, z = torch.rand(4, *shape), torch.randn(4, 7)
+    for fast, inp in ((enc, x), (dec, z)):
+        literal = literal_form(fast)
+        order = [type(m).__name__ for m in literal]
+        assert "UpsampleConv2d" not in order and all(
+            order[i + 1] != "ReLU" for i, n in enumerate(order[:-1]) if n == "MaxPool2d")
+        torch.testing.assert_close(fast(inp), literal(inp), rtol=1e-5, atol=1e-5)
+    fused_output = isinstance(list(dec)[-1], UpsampleConv2d)
+    assert fused_output == (shape[1] % 2 == 0 and shape[2] % 2 == 0 and bb._params(params).pool[0])
 
 
 @pytest.mark.parametrize("shape", [(3, 32, 32), (1, 13, 19)], ids=lambda s: "x".join(map(str, s)))

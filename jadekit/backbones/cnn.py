@@ -7,6 +7,7 @@ from typing import ClassVar
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch import nn
 
+from jadekit.backbones.layers import UpsampleConv2d
 from jadekit.errors import DataError
 
 
@@ -44,7 +45,12 @@ def _stage_sizes(in_shape: tuple[int, int, int], pool: list[bool]) -> list[tuple
 
 
 class CNN:
-    """General conv backbone; the decoder mirrors the encoder with upsampling in place of pooling."""
+    """General conv backbone; the decoder mirrors the encoder with upsampling in place of pooling.
+
+    Two equivalent forms make it faster without changing the function or the parameters: a
+    stage's max-pool runs before its ReLU (they commute, and the ReLU then sees 4x fewer
+    values), and an output layer after an exact 2x upsampling is one `UpsampleConv2d`.
+    """
 
     Params: ClassVar[type[BaseModel]] = CNNParams
     preset: CNNParams | None = None
@@ -60,9 +66,8 @@ class CNN:
         layers: list[nn.Module] = []
         channels = in_shape[0]
         for f, pool in zip(p.filters, p.pool, strict=True):
-            layers += [nn.Conv2d(channels, f, 3, padding=1), nn.ReLU(inplace=True)]
-            if pool:
-                layers.append(nn.MaxPool2d(2))
+            layers.append(nn.Conv2d(channels, f, 3, padding=1))
+            layers += [nn.MaxPool2d(2), nn.ReLU(inplace=True)] if pool else [nn.ReLU(inplace=True)]  # = conv, ReLU, pool
             channels = f
         h, w = sizes[-1]
         layers += [nn.Flatten(), nn.Linear(channels * h * w, out_dim)]
@@ -79,6 +84,10 @@ class CNN:
         ]
         targets = [out_shape[0], *p.filters[:-1]]  # channels before each encoder stage
         for i in reversed(range(len(p.filters))):
+            exact_2x = p.pool[i] and sizes[i] == (2 * sizes[i + 1][0], 2 * sizes[i + 1][1])
+            if i == 0 and exact_2x:  # the image layer: upsample + conv fused
+                layers.append(UpsampleConv2d(p.filters[i], targets[i]))
+                continue
             if p.pool[i]:
                 layers.append(nn.Upsample(size=sizes[i], mode="nearest"))
             layers.append(nn.Conv2d(p.filters[i], targets[i], 3, padding=1))
