@@ -30,10 +30,10 @@ from torch.utils.data import DataLoader, Subset
 from torch.utils.flop_counter import FlopCounterMode
 from torchvision import datasets, transforms
 
-from jadekit.backbones.layers import literal_form
 from jadekit.build import build_model, load_resolved
 from jadekit.data.prepare import DomainData
 from jadekit.engine.evaluate import predict_logits
+from jadekit.engine.layers import literal_form
 from jadekit.engine.loop import LoopPlan, LoopState, fit
 from jadekit.engine.models import Batch, LossWeights
 from jadekit.runner import DataCache

@@ -12,9 +12,9 @@ from typer.testing import CliRunner
 from jadekit import registry
 from jadekit.backbones.base import Backbone
 from jadekit.backbones.cnn import CNN, CNNParams, PaperMNIST, PaperSVHN
-from jadekit.backbones.layers import UpsampleConv2d, literal_form
 from jadekit.backbones.timm_backbone import Timm, TimmParams
 from jadekit.cli import app
+from jadekit.engine.layers import UpsampleConv2d, literal_form
 from jadekit.errors import DataError, PluginError
 
 RECIPES = Path(__file__).resolve().parents[1] / "recipes"
@@ -45,23 +45,6 @@ def test_cnn_encoder_decoder_shapes(name, bb, params, shape):
     x = torch.rand(2, *shape)
     assert enc(x).shape == (2, 12)
     assert dec(torch.randn(2, 7)).shape == (2, *shape)
-
-
-@pytest.mark.parametrize(("cin", "cout", "hw"), [(32, 1, (14, 14)), (5, 3, (4, 7)), (3, 6, (1, 1))])
-def test_upsample_conv_equals_upsample_then_conv(cin, cout, hw):
-    """Same outputs and gradients as nn.Upsample(2x nearest) + nn.Conv2d with the same weights, any format."""
-    torch.manual_seed(0)
-    fused = UpsampleConv2d(cin, cout)
-    plain = torch.nn.Conv2d(cin, cout, 3, padding=1)
-    plain.load_state_dict(fused.state_dict())  # the same keys and shapes as a Conv2d
-    x = torch.randn(3, cin, *hw).contiguous(memory_format=torch.channels_last).requires_grad_()
-    ref = plain(torch.nn.functional.interpolate(x, scale_factor=2, mode="nearest"))
-    out = fused(x)
-    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
-    g = torch.randn_like(ref)
-    for a, b in zip(torch.autograd.grad(out, [x, *fused.parameters()], g),
-                    torch.autograd.grad(ref, [x, *plain.parameters()], g), strict=True):
-        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
 
 
 @pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))

@@ -7,7 +7,7 @@ from typing import ClassVar
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch import nn
 
-from jadekit.backbones.layers import UpsampleConv2d
+from jadekit.engine.layers import UpsampleConv2d
 from jadekit.errors import DataError
 
 

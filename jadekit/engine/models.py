@@ -15,6 +15,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from jadekit.engine import losses
+from jadekit.engine.layers import Dropout
 
 Domain = Literal["primary", "auxiliary"]
 
@@ -26,7 +27,7 @@ class Classifier(nn.Module):
         super().__init__()
         layers: list[nn.Module] = []
         for width in hidden:
-            layers += [nn.Linear(in_dim, width), nn.ReLU(inplace=True), nn.Dropout(dropout)]
+            layers += [nn.Linear(in_dim, width), nn.ReLU(inplace=True), Dropout(dropout)]
             in_dim = width
         layers.append(nn.Linear(in_dim, n_classes))
         self.net = nn.Sequential(*layers)

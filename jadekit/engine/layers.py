@@ -1,4 +1,4 @@
-"""Faster, exactly equivalent forms of the paper's layer pairs, and the literal form to check them against."""
+"""Faster, equivalent forms of standard layers, and the literal form to check them against."""
 
 from __future__ import annotations
 
@@ -40,10 +40,23 @@ class UpsampleConv2d(nn.Conv2d):
         return F.pixel_shuffle(y, 2)  # channel o*4 + 2a + b -> pixel (2i + a, 2j + b) of map o
 
 
-def literal_form(model: nn.Module) -> nn.Module:
-    """A copy of `model` in the paper's literal layer order: conv, ReLU, pool; upsample, conv.
+class Dropout(nn.Dropout):
+    """`nn.Dropout` whose CPU mask is drawn with `torch.rand`: the same distribution, about 3x faster.
 
-    The same function and weights without the faster equivalent forms above: the plain
+    On CPU `nn.Dropout` draws with `bernoulli_`, about 0.5 ms for one 64 x 500 batch on this
+    project's 2-core machine, 10 % of a `single` training step; elsewhere it is left as is.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or not 0.0 < self.p < 1.0 or x.device.type != "cpu":
+            return super().forward(x)
+        return x * (torch.rand_like(x) >= self.p) * (1.0 / (1.0 - self.p))
+
+
+def literal_form(model: nn.Module) -> nn.Module:
+    """A copy of `model` in the paper's literal layer order (conv, ReLU, pool; upsample, conv), with nn.Dropout.
+
+    The same function and weights without the faster forms above: the plain
     PyTorch reference of `benchmarks/throughput.py`, and what tests compare the fast forms to.
     """
     return _literal(copy.deepcopy(model))
@@ -62,6 +75,8 @@ def _literal_layers(layers: list[nn.Module]) -> list[nn.Module]:
             conv = nn.Conv2d(layer.in_channels, layer.out_channels, 3, padding=1, bias=layer.bias is not None)
             conv.load_state_dict(layer.state_dict())
             out += [nn.Upsample(scale_factor=2, mode="nearest"), conv.to(layer.weight.device)]
+        elif isinstance(layer, Dropout):
+            out.append(nn.Dropout(layer.p))
         elif isinstance(layer, nn.ReLU) and out and isinstance(out[-1], nn.MaxPool2d):
             out.insert(len(out) - 1, layer)
         else:
