@@ -83,10 +83,10 @@ class CNN:
             nn.Unflatten(1, (p.filters[-1], h, w)),
         ]
         targets = [out_shape[0], *p.filters[:-1]]  # channels before each encoder stage
+        fuse_image_layer = p.pool[0] and sizes[0] == (2 * sizes[1][0], 2 * sizes[1][1])  # an exact 2x upsampling
         for i in reversed(range(len(p.filters))):
-            exact_2x = p.pool[i] and sizes[i] == (2 * sizes[i + 1][0], 2 * sizes[i + 1][1])
-            if i == 0 and exact_2x:  # the image layer: upsample + conv fused
-                layers.append(UpsampleConv2d(p.filters[i], targets[i]))
+            if i == 0 and fuse_image_layer:
+                layers.append(UpsampleConv2d(p.filters[0], targets[0]))
                 continue
             if p.pool[i]:
                 layers.append(nn.Upsample(size=sizes[i], mode="nearest"))

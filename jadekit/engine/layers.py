@@ -33,7 +33,7 @@ class UpsampleConv2d(nn.Conv2d):
         self.register_buffer("phase_taps", _PHASE_TAPS.clone(), persistent=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        t = self.phase_taps.to(self.weight.dtype)
+        t = self.phase_taps  # a buffer: follows the module's device and dtype
         kernels = torch.einsum("amk,ockl,bnl->oabcmn", t, self.weight, t)  # (O, 2, 2, C, 3, 3)
         bias = None if self.bias is None else self.bias.repeat_interleave(4)
         y = F.conv2d(x, kernels.reshape(4 * self.out_channels, self.in_channels, 3, 3), bias, padding=1)
