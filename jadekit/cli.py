@@ -44,8 +44,6 @@ def user_errors() -> Iterator[None]:
     Exit codes: 2 user error (recipe, data, plugin, output directory, disk), 3 training diverged,
     130 interrupted, 1 unexpected internal error (set JADEKIT_DEBUG=1 to see its traceback).
     """
-    import click
-
     try:
         yield
     except JadekitError as e:
@@ -60,7 +58,7 @@ def user_errors() -> Iterator[None]:
         _say(escape(f"cannot read or write a file{where}: {e.strerror or e}"),
              "check free space and permissions of the output directory and data root; completed checkpoints are kept.")
         raise typer.Exit(2) from None
-    except (click.exceptions.Exit, click.exceptions.ClickException, click.exceptions.Abort):
+    except (typer.Exit, typer.Abort):  # typer >= 0.20 vendors its own click: name typer's classes, not click's
         raise
     except Exception as e:  # a bug in jadekit or in a plugin: say so briefly, keep the traceback for debugging
         if os.environ.get(DEBUG_ENV, "") not in ("", "0"):

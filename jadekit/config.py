@@ -132,7 +132,7 @@ class TrainConfig(Strict):
     auxiliary_batch_size: PositiveInt | None = Field(
         None, description="Auxiliary samples per step (class-matched to the primary batch); default batch_size."
     )
-    lr: float = Field(1e-3, gt=0.0, description="Adam learning rate.")
+    lr: float = Field(1e-3, gt=0.0, description="AdamW learning rate.")
     weight_decay: NonNegativeFloat = Field(0.0, description="AdamW weight decay.")
     lr_schedule: Literal["constant", "cosine"] = Field("constant", description="Learning-rate schedule.")
     augment_shift: NonNegativeInt = Field(

@@ -21,9 +21,9 @@ from jadekit.errors import DataError, RecipeError, RunDirError
 from jadekit.io import atomic_write_json, atomic_write_text, load_checkpoint
 from jadekit.metrics import classification_report
 from jadekit.summary import mean_std, summarize, to_markdown
+from jadekit.trainer import CHECKPOINT
 
 RECIPE_FILE = "recipe.toml"
-CHECKPOINT = "checkpoint.pt"
 OWN = "recipe"  # dataset label of an evaluation on the recipe's own test splits
 
 
@@ -85,7 +85,7 @@ def load_run(run_dir: Path, overrides: list[str] | None = None, device: torch.de
     except (RuntimeError, TypeError, AttributeError) as e:
         raise RunDirError(f"checkpoint of {run_dir} does not fit its recipe's {method} model: {str(e).splitlines()[0]}",
                           hint="the recipe.toml was edited after training, or jadekit 0.1 trained it (its CNN decoders "
-                               "keep the image layer one index later; report.json names the version); restore the "
+                               "keep the image layer one index later; provenance.json names the version); restore the "
                                "recipe, or train again.") from None
     device = torch.device(device)
     return LoadedRun(run_dir, method, seed, resolved, model.to(device).eval(), device)

@@ -124,7 +124,8 @@ class Registry(Generic[T]):
                 obj = obj()
             except Exception as e:
                 raise PluginError(
-                    f"{self.kind} '{name}' from {info.provider} cannot be instantiated: {e}"
+                    f"{self.kind} '{name}' from {info.provider} cannot be instantiated: {e}",
+                    hint=f"a plugin class must build with no arguments; fix {info.distribution}, or make its entry point an instance.",
                 ) from None
         problems = self._check(obj)
         if problems:

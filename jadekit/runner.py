@@ -248,7 +248,7 @@ def _is_marker_in_flight(path: Path, marker: Path) -> bool:
 class RunEvents:
     """Hooks the CLI passes in to show progress (the runner itself never prints)."""
 
-    callbacks_for: Callable[[Method, int, int], Sequence[Callback]] = lambda method, seed, start: ()
+    callbacks_for: Callable[[Method, int, int], Sequence[Callback]] = lambda method, seed, steps: ()
     on_resume: Callable[[Method, int, int, list[str]], None] = lambda method, seed, step, notes: None
     on_skip: Callable[[Method, int, dict], None] = lambda method, seed, final: None
     on_done: Callable[[Method, int, dict], None] = lambda method, seed, final: None

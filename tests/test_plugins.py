@@ -237,6 +237,11 @@ def test_check_command(fake_registries, tmp_path):
     assert wrong.exit_code == 2 and "breaks the backbone contract" in wrong.output
     unknown = runner.invoke(app, ["plugins", "check", "nope"])
     assert unknown.exit_code == 2 and "Available datasets: broken, renamed, toy, twice; backbones: no-net, toy-net." in unknown.output
+    bad_kind = runner.invoke(app, ["plugins", "check", "toy", "--kind", "foo"])
+    assert bad_kind.exit_code == 2 and "--kind must be dataset or backbone, not 'foo'" in bad_kind.output
+    bad_shape = runner.invoke(app, ["plugins", "check", "toy-net", "--shape", "1,x,3"])
+    assert bad_shape.exit_code == 2 and "--shape expects C,H,W, got '1,x,3'" in bad_shape.output
+    assert "unexpected" not in bad_kind.output + bad_shape.output
 
 
 # ------------------------------------------------------------------------- conformance: data

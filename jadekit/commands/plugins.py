@@ -41,7 +41,6 @@ def plugins_list(as_json: Annotated[bool, typer.Option("--json", help="Print JSO
     out.print(table)
 
 
-
 KindOpt = Annotated[str | None, typer.Option("--kind", help="dataset or backbone, when NAME is both.")]
 
 
@@ -55,7 +54,9 @@ def _parse_shape(text: str) -> tuple[int, int, int]:
     try:
         c, h, w = (int(v) for v in text.replace("x", ",").split(","))
     except ValueError:
-        raise typer.BadParameter(f"expected C,H,W (e.g. 1,64,64), got {text!r}") from None
+        from jadekit.errors import JadekitError
+
+        raise JadekitError(f"--shape expects C,H,W, got {text!r}", hint="write it like --shape 1,64,64.") from None
     return c, h, w
 
 
@@ -76,7 +77,9 @@ def plugins_check(
 
     with user_errors():
         if kind not in (None, "dataset", "backbone"):
-            raise typer.BadParameter(f"--kind must be dataset or backbone, not {kind!r}")
+            from jadekit.errors import JadekitError
+
+            raise JadekitError(f"--kind must be dataset or backbone, not {kind!r}", hint="leave --kind out unless NAME is both.")
         regs = [r for r in (registry.datasets, registry.backbones) if kind in (None, r.kind) and name in r.infos()]
         if not regs:
             from jadekit.errors import PluginError
