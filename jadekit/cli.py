@@ -58,7 +58,7 @@ def user_errors() -> Iterator[None]:
         _say(escape(f"cannot read or write a file{where}: {e.strerror or e}"),
              "check free space and permissions of the output directory and data root; completed checkpoints are kept.")
         raise typer.Exit(2) from None
-    except (typer.Exit, typer.Abort):  # typer >= 0.20 vendors its own click: name typer's classes, not click's
+    except (typer.Exit, typer.Abort):  # recent typer (0.29 here) vendors its own click: name typer's classes
         raise
     except Exception as e:  # a bug in jadekit or in a plugin: say so briefly, keep the traceback for debugging
         if os.environ.get(DEBUG_ENV, "") not in ("", "0"):
