@@ -84,9 +84,8 @@ def load_run(run_dir: Path, overrides: list[str] | None = None, device: torch.de
         model.load_state_dict(weights)
     except (RuntimeError, TypeError, AttributeError) as e:
         raise RunDirError(f"checkpoint of {run_dir} does not fit its recipe's {method} model: {str(e).splitlines()[0]}",
-                          hint="the recipe.toml was edited after training, or jadekit 0.1 trained it (its CNN decoders "
-                               "keep the image layer one index later; provenance.json names the version); restore the "
-                               "recipe, or train again.") from None
+                          hint="the recipe.toml was edited after training (provenance.json names the jadekit and plugin "
+                               "versions that trained it); restore the recipe, or train again.") from None
     device = torch.device(device)
     return LoadedRun(run_dir, method, seed, resolved, model.to(device).eval(), device)
 

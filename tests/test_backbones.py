@@ -64,6 +64,21 @@ def test_cnn_fast_forms_equal_the_papers_layer_order(name, bb, params, shape):
     assert fused_output == (shape[1] % 2 == 0 and shape[2] % 2 == 0 and bb._params(params).pool[0])
 
 
+@pytest.mark.parametrize(("name", "bb", "params"), backbones(), ids=lambda v: v if isinstance(v, str) else "")
+def test_cnn_decoder_loads_a_jadekit_0_1_checkpoint(name, bb, params):
+    """0.1 stored the image layer as upsample + conv (the literal order): its weights load and give the same images."""
+    torch.manual_seed(0)
+    shape = (1, 28, 28)
+    trained = bb.decoder(7, shape, params)
+    v01 = torch.nn.ModuleDict({"decoder": literal_form(trained)})  # nested: the keys carry a prefix, as in a model
+    assert any(k.startswith(f"decoder.{len(trained)}.") for k in v01.state_dict())  # one index past the fused layer
+    fresh = torch.nn.ModuleDict({"decoder": bb.decoder(7, shape, params)})
+    fresh.load_state_dict(v01.state_dict())  # strict: every key is used
+    z = torch.randn(3, 7)
+    torch.testing.assert_close(fresh["decoder"](z), trained(z), rtol=1e-5, atol=1e-5)
+    fresh.load_state_dict(fresh.state_dict())  # the current layout still loads
+
+
 @pytest.mark.parametrize("shape", [(3, 32, 32), (1, 13, 19)], ids=lambda s: "x".join(map(str, s)))
 def test_timm_encoder_decoder_shapes(shape):
     bb = Timm()

@@ -44,6 +44,18 @@ def _stage_sizes(in_shape: tuple[int, int, int], pool: list[bool]) -> list[tuple
     return sizes
 
 
+def _read_v01_image_layer(decoder: nn.Sequential, state_dict: dict, prefix: str, *_) -> None:
+    """Load checkpoints of jadekit 0.1, whose decoders kept the image layer as Upsample + Conv2d.
+
+    The weights are the same; 0.1 stored them one index later than the `UpsampleConv2d` (the last layer).
+    """
+    last = len(decoder) - 1
+    for name in ("weight", "bias"):
+        old, new = f"{prefix}{last + 1}.{name}", f"{prefix}{last}.{name}"
+        if old in state_dict and new not in state_dict:
+            state_dict[new] = state_dict.pop(old)
+
+
 class CNN:
     """General conv backbone; the decoder mirrors the encoder with upsampling in place of pooling.
 
@@ -93,7 +105,10 @@ class CNN:
             layers.append(nn.Conv2d(p.filters[i], targets[i], 3, padding=1))
             if i > 0:
                 layers.append(nn.ReLU(inplace=True))
-        return nn.Sequential(*layers)
+        decoder = nn.Sequential(*layers)
+        if fuse_image_layer:
+            decoder.register_load_state_dict_pre_hook(_read_v01_image_layer)
+        return decoder
 
 
 class _Preset(CNN):
