@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import pickle
 from pathlib import Path
 
 import pytest
@@ -98,6 +99,20 @@ def test_checkpoint_loads_weights_only(tiny_run, method):
     assert state["loop"]["step"] == 30 and state["loop"]["best_model"] is not None
     assert state["recipe"]["experiment"]["name"] == "tiny"
     assert all(isinstance(v, torch.Tensor) for v in state["model"].values())
+
+
+@pytest.mark.parametrize("method", ["single", "paired", "jade"])
+def test_models_pickle_and_the_copy_loads_old_checkpoints(tiny_recipe, method):
+    """Models cross process boundaries (parallel runs, DataParallel-free multi-GPU): pickling keeps the
+    weights and the hook that reads jadekit 0.1's decoder layout."""
+    from jadekit.build import build_model, load_resolved
+    from jadekit.engine.layers import literal_form
+
+    model = build_model(method, load_resolved(tiny_recipe))
+    copy = pickle.loads(pickle.dumps(model))
+    for k, v in model.state_dict().items():
+        assert torch.equal(copy.state_dict()[k], v)
+    copy.load_state_dict(literal_form(model).state_dict())  # 0.1's layout, strict
 
 
 def test_indices_recorded(tiny_run, tiny_data_root):
