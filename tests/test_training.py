@@ -103,7 +103,7 @@ def test_checkpoint_loads_weights_only(tiny_run, method):
 
 @pytest.mark.parametrize("method", ["single", "paired", "jade"])
 def test_models_pickle_and_the_copy_loads_old_checkpoints(tiny_recipe, method):
-    """Models cross process boundaries (parallel runs, DataParallel-free multi-GPU): pickling keeps the
+    """Models cross process boundaries (parallel runs, one per process or device): pickling keeps the
     weights and the hook that reads jadekit 0.1's decoder layout."""
     from jadekit.build import build_model, load_resolved
     from jadekit.engine.layers import literal_form
