@@ -24,6 +24,11 @@ def labels_per_class(out_dir: Path) -> int:
     return tomllib.loads(recipe.read_text())["primary"]["labels_per_class"]
 
 
+def seeds_label(ns: list[int]) -> str:
+    """"5" when every point has 5 seeds, "2–5" when they differ."""
+    return str(ns[0]) if min(ns) == max(ns) else f"{min(ns)}–{max(ns)}"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("dirs", nargs="+", type=Path)
@@ -39,7 +44,7 @@ def main() -> None:
     for method, pts in points.items():
         pts.sort()
         xs, ys, es, ns = zip(*pts, strict=True)
-        ax.errorbar(xs, ys, yerr=es, marker="o", capsize=3, label=f"{method} (n = {min(ns)}–{max(ns)} seeds)")
+        ax.errorbar(xs, ys, yerr=es, marker="o", capsize=3, label=f"{method} (n = {seeds_label(ns)} seeds)")
     ax.set_xscale("log")
     ax.set_xticks(sorted({p[0] for pts in points.values() for p in pts}))
     ax.get_xaxis().set_major_formatter(matplotlib.ticker.ScalarFormatter())
