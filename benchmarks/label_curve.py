@@ -24,8 +24,8 @@ def labels_per_class(out_dir: Path) -> int:
     return tomllib.loads(recipe.read_text())["primary"]["labels_per_class"]
 
 
-def seeds_label(ns: list[int]) -> str:
-    """"5" when every point has 5 seeds, "2–5" when they differ."""
+def seeds_label(ns: tuple[int, ...]) -> str:
+    """Seed count for the legend: "5" when every point has 5 seeds, "2–5" when they differ."""
     return str(ns[0]) if min(ns) == max(ns) else f"{min(ns)}–{max(ns)}"
 
 
