@@ -83,7 +83,7 @@ def jadekit_train(method: str, resolved, data: dict[str, DomainData], steps: int
     t = resolved.recipe.train
     trainer = make_trainer(method, resolved, data, 0, device)
     model = trainer.model
-    draw = batch_drawer(trainer, data["primary"], data["auxiliary"], t.augment_shift)
+    draw = batch_drawer(trainer, data["primary"], data["auxiliary"], t)
     flops = step_flops(model, draw())
     val = lambda: {"accuracy": 0.0, "nll": 0.0}  # noqa: E731  (no validation inside the timing)
     weights = loss_weights(resolved.recipe)

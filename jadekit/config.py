@@ -138,6 +138,12 @@ class TrainConfig(Strict):
     augment_shift: NonNegativeInt = Field(
         0, description="Shift training images (both datasets) by up to N pixels at random; 0 = no augmentation."
     )
+    augment_rotate: float = Field(
+        0.0, ge=0.0, le=180.0, description="Rotate training images (both datasets) by up to N degrees either way; 0 = off."
+    )
+    augment_scale: float = Field(
+        0.0, ge=0.0, lt=1.0, description="Scale training images (both datasets) by a factor in 1 ± N; 0 = off."
+    )
     eval_every: PositiveInt = Field(250, description="Validate (and keep the best state) every N steps.")
     select: Literal["val_accuracy", "val_nll", "last"] = Field(
         "val_accuracy", description="Weights kept and reported: best validation accuracy (ties: NLL), best validation "

@@ -153,7 +153,7 @@ def train_one(
     all_callbacks = [MetricsWriter(run_dir / METRICS), checkpointer, *callbacks]
     where = f"{method} seed {seed}"
     try:
-        state = fit(trainer.model, trainer.optimizer, trainer.scheduler, batch_drawer(trainer, p, a, t.augment_shift),
+        state = fit(trainer.model, trainer.optimizer, trainer.scheduler, batch_drawer(trainer, p, a, t),
                     loss_weights(recipe), validate,
                     plan, trainer.state, all_callbacks, stop_requested)
     except TrainingDiverged as e:

@@ -14,10 +14,10 @@ import numpy as np
 import torch
 
 from jadekit.build import Resolved, build_model
-from jadekit.config import Method, Recipe, recipe_to_dict
+from jadekit.config import Method, Recipe, TrainConfig, recipe_to_dict
 from jadekit.data.prepare import DomainData
 from jadekit.data.sampler import PairedBatchSampler
-from jadekit.engine.augment import random_shift
+from jadekit.engine.augment import random_rotate_scale, random_shift
 from jadekit.engine.evaluate import predict_logits, to_float
 from jadekit.engine.loop import Callback, LoopState
 from jadekit.engine.models import Batch, LossWeights
@@ -139,11 +139,14 @@ def make_trainer(method: Method, resolved: Resolved, data: dict[str, DomainData]
     return Trainer(model, optimizer, scheduler, sampler)
 
 
-def batch_drawer(trainer: Trainer, p: DomainData, a: DomainData, shift: int) -> Callable[[], Batch]:
-    """The loop's batch source: the sampler's next indices, shifted (offsets from its checkpointed generator)."""
+def batch_drawer(trainer: Trainer, p: DomainData, a: DomainData, train: TrainConfig) -> Callable[[], Batch]:
+    """The loop's batch source: the sampler's next indices, augmented as `train.augment_*` says (the random draws
+    come from the sampler's checkpointed generator, so resume stays exact)."""
+    generator = trainer.sampler.generator
 
     def images(x: torch.Tensor) -> torch.Tensor:
-        return to_float(random_shift(x, shift, trainer.sampler.generator))
+        x = to_float(random_shift(x, train.augment_shift, generator))
+        return random_rotate_scale(x, train.augment_rotate, train.augment_scale, generator)
 
     def draw() -> Batch:
         pi, ai = trainer.sampler.next()

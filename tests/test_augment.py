@@ -1,8 +1,8 @@
-"""Random-shift augmentation: content moves intact, zeros fill in, seeded offsets repeat."""
+"""Batch augmentation: shifts move content intact with zero fill; rotations and scalings are per image and seeded."""
 
 import torch
 
-from jadekit.engine.augment import random_shift
+from jadekit.engine.augment import random_rotate_scale, random_shift, rotate_scale
 
 
 def test_zero_shift_returns_the_same_tensor():
@@ -31,3 +31,44 @@ def test_offsets_differ_between_images_and_repeat_with_the_seed():
     assert torch.equal(a, b)
     zero_rows = (a == 0).flatten(1).sum(1)
     assert len(set(zero_rows.tolist())) > 1  # not one shared offset for the whole batch
+
+
+def test_rotate_scale_off_returns_the_same_tensor():
+    x = torch.rand(3, 1, 5, 5)
+    assert random_rotate_scale(x, 0.0, 0.0) is x
+
+
+def test_quarter_and_half_turns_match_exact_pixel_rotations():
+    x = torch.rand(2, 2, 6, 6)
+    quarter = rotate_scale(x, torch.tensor([90.0, 180.0]), torch.ones(2))
+    assert torch.allclose(quarter[0], torch.rot90(x[0], -1, dims=(1, 2)), atol=1e-5)  # clockwise
+    assert torch.allclose(quarter[1], torch.rot90(x[1], 2, dims=(1, 2)), atol=1e-5)
+    assert torch.allclose(rotate_scale(x, torch.zeros(2), torch.ones(2)), x, atol=1e-6)
+
+
+def test_random_angles_differ_per_image_and_stay_in_range():
+    x = torch.zeros(64, 1, 9, 9)
+    x[:, :, 4, 4:] = 1.0  # a ray from the centre to the right edge
+    y = random_rotate_scale(x, 30.0, 0.0, torch.Generator().manual_seed(2))
+    above, below = y[:, 0, :4].sum((1, 2)), y[:, 0, 5:].sum((1, 2))
+    assert (above > 0.5).any() and (below > 0.5).any()  # turned both ways
+    assert y[:, 0, :, :3].sum() < 1e-6  # never by more than 90 degrees: nothing reaches the left side
+
+
+def test_scaling_keeps_the_centre_and_magnifies_or_shrinks_the_digit():
+    x = torch.zeros(64, 1, 16, 16)
+    x[:, :, 6:10, 6:10] = 1.0  # a centred 4x4 square
+    y = random_rotate_scale(x, 0.0, 0.3, torch.Generator().manual_seed(3))
+    mass = y.sum((1, 2, 3))
+    assert y[:, :, 7:9, 7:9].min() > 0.99  # the centre stays inside the square
+    assert mass.min() < 16 * 0.9 < 16 * 1.1 < mass.max()  # some shrink, some grow: one factor per image
+    assert mass.min() > 16 * 0.7**2 * 0.8 and mass.max() < 16 * 1.3**2 * 1.2  # within the factor range
+
+
+def test_rotate_scale_repeats_with_the_seed_and_keeps_shape_and_layout():
+    x = torch.rand(8, 3, 10, 10).contiguous(memory_format=torch.channels_last)
+    a = random_rotate_scale(x, 15.0, 0.1, torch.Generator().manual_seed(5))
+    b = random_rotate_scale(x, 15.0, 0.1, torch.Generator().manual_seed(5))
+    assert torch.equal(a, b) and a.shape == x.shape and a.dtype == x.dtype
+    assert a.is_contiguous(memory_format=torch.channels_last)
+    assert not torch.allclose(a, x)

@@ -48,12 +48,14 @@ def data_root(tmp_path_factory, digit_writers) -> Path:
 
 @pytest.fixture(scope="module")
 def write_recipe(write_tiny_recipe, data_root):
-    """Factory: `where / "recipe.toml"`, a jade-only tiny recipe over `data_root` writing to `out`, checkpointing every 5 steps."""
+    """Factory: `where / "recipe.toml"`, a jade-only tiny recipe over `data_root` writing to `out`, checkpointing every 5
+    steps, with every augmentation on (their random draws must resume exactly too)."""
 
     def write(where: Path, steps: int = 40) -> Path:
         return write_tiny_recipe(where / "recipe.toml", "out", data_root, experiment={"methods": ["jade"]},
                                  model={"classifier_hidden": [32], "dropout": None},
-                                 train={"steps": steps, "batch_size": 16, "eval_every": 10, "checkpoint_every": 5})
+                                 train={"steps": steps, "batch_size": 16, "eval_every": 10, "checkpoint_every": 5,
+                                        "augment_shift": 1, "augment_rotate": 10.0, "augment_scale": 0.1})
 
     return write
 
