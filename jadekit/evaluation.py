@@ -20,7 +20,7 @@ from jadekit.engine.evaluate import predict_logits, to_float
 from jadekit.errors import DataError, RecipeError, RunDirError
 from jadekit.io import atomic_write_json, atomic_write_text, load_checkpoint
 from jadekit.metrics import classification_report
-from jadekit.summary import mean_std, summarize, to_markdown
+from jadekit.summary import mean_std, seed_differences, summarize, to_markdown
 from jadekit.trainer import CHECKPOINT
 
 RECIPE_FILE = "recipe.toml"
@@ -217,7 +217,7 @@ def aggregate(records: list[dict]) -> dict:
             for m in METRICS:
                 slot[m].append(x[m])
     detail = {m: {d: {k: mean_std(v) for k, v in metrics.items()} for d, metrics in doms.items()} for m, doms in by_method.items()}
-    return {"rows": summarize(finals), "metrics": detail}
+    return {"rows": summarize(finals), "differences": seed_differences(finals), "metrics": detail}
 
 
 def evaluate_output_dir(out_dir: Path, title: str | None = None, **kwargs) -> dict:
@@ -231,7 +231,7 @@ def evaluate_output_dir(out_dir: Path, title: str | None = None, **kwargs) -> di
     agg = aggregate(records)
     stem = f"eval-summary-{kwargs.get('dataset') or OWN}-{kwargs.get('split', 'test')}"
     md_path = unused_path(out_dir, stem, ".md")
-    markdown = to_markdown(agg["rows"], title or records[0]["experiment"])
+    markdown = to_markdown(agg["rows"], title or records[0]["experiment"], agg["differences"])
     atomic_write_text(md_path, markdown)
     json_path = md_path.with_suffix(".json")
     summary = {"runs": [r["run_dir"] for r in records], **agg, "markdown": markdown}

@@ -1,11 +1,14 @@
-"""Table-1 summaries: test error per method as mean ± std over seeds (md, csv, json)."""
+"""Table-1 summaries: test error per method as mean ± std over seeds, and per-seed differences between methods
+(md, csv, json)."""
 
 from __future__ import annotations
 
 import csv
 import io
+import math
 import statistics
 from collections.abc import Iterable
+from itertools import combinations
 from pathlib import Path
 
 from jadekit.io import atomic_write_json, atomic_write_text
@@ -39,12 +42,36 @@ def summarize(finals: Iterable[dict]) -> list[dict]:
     return rows
 
 
+def seed_differences(finals: Iterable[dict]) -> list[dict]:
+    """Primary test error of one method minus another's, seed by seed, for every pair sharing >= 2 seeds.
+
+    Every method of a seed trains on the same drawn labelled subset, so the difference cancels that draw's
+    luck: its mean ± standard error says whether a gap is beyond the seed noise. Later methods in ORDER
+    come first (jade − paired, jade − single, paired − single).
+    """
+    errors: dict[str, dict[int, float]] = {}
+    for f in finals:
+        if f["primary_test_error"] is not None and math.isfinite(f["primary_test_error"]):
+            errors.setdefault(f["method"], {})[f["seed"]] = f["primary_test_error"]
+    methods = sorted(errors, key=lambda m: (ORDER.index(m) if m in ORDER else len(ORDER), m), reverse=True)
+    rows = []
+    for a, b in combinations(methods, 2):
+        seeds = sorted(errors[a].keys() & errors[b].keys())
+        if len(seeds) < 2:
+            continue
+        diffs = [errors[a][s] - errors[b][s] for s in seeds]
+        stat = mean_std(diffs)
+        rows.append({"methods": [a, b], "mean": stat["mean"], "se": stat["std"] / math.sqrt(len(diffs)),
+                     "won": sum(d < 0 for d in diffs), "tied": sum(d == 0 for d in diffs), "seeds": seeds})
+    return rows
+
+
 def fmt(stat: dict) -> str:
     """`29.08 ± 0.92` (or `-` when there is nothing to show)."""
     return "-" if stat["mean"] is None else f"{stat['mean']:.2f} ± {stat['std']:.2f}"
 
 
-def to_markdown(rows: list[dict], title: str) -> str:
+def to_markdown(rows: list[dict], title: str, differences: list[dict] | None = None) -> str:
     lines = [
         f"# {title}: test error (%)",
         "",
@@ -54,6 +81,18 @@ def to_markdown(rows: list[dict], title: str) -> str:
     for r in rows:
         lines.append(f"| {r['method']} | {fmt(r['primary_test_error'])} | {fmt(r['auxiliary_test_error'])} "
                      f"| {r['primary_test_error']['n']} |")
+    if differences:
+        lines += [
+            "",
+            "Per-seed differences of the primary test error (each seed's methods share one labelled draw):",
+            "",
+            "| methods | mean difference ± standard error | seeds won by the first | n |",
+            "| --- | --- | --- | --- |",
+        ]
+        for d in differences:
+            tied = f", {d['tied']} tied" if d["tied"] else ""
+            lines.append(f"| {d['methods'][0]} − {d['methods'][1]} | {d['mean']:+.2f} ± {d['se']:.2f} "
+                         f"| {d['won']}{tied} | {len(d['seeds'])} |")
     return "\n".join(lines) + "\n"
 
 
@@ -69,8 +108,9 @@ def to_csv(rows: list[dict]) -> str:
 
 def write_summary(out_dir: Path, finals: Iterable[dict], title: str) -> list[dict]:
     """Write summary.md, summary.csv and summary.json into `out_dir`; return the rows."""
-    rows = summarize(finals)
-    atomic_write_text(out_dir / "summary.md", to_markdown(rows, title))
+    finals = list(finals)
+    rows, differences = summarize(finals), seed_differences(finals)
+    atomic_write_text(out_dir / "summary.md", to_markdown(rows, title, differences))
     atomic_write_text(out_dir / "summary.csv", to_csv(rows))
-    atomic_write_json(out_dir / "summary.json", {"title": title, "rows": rows})
+    atomic_write_json(out_dir / "summary.json", {"title": title, "rows": rows, "differences": differences})
     return rows

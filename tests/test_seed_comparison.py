@@ -1,25 +1,53 @@
-"""benchmarks/seed_comparison.py: per-seed differences across merged output dirs, and its refusals."""
+"""Per-seed differences between methods (jadekit.summary) and the dir-merging benchmark built on them."""
 
 import json
+import math
 import subprocess
 import sys
 from pathlib import Path
 
+from jadekit.summary import seed_differences, summarize, to_markdown, write_summary
+
 SCRIPT = Path(__file__).parents[1] / "benchmarks" / "seed_comparison.py"
+
+
+def final(method: str, seed: int, primary: float, auxiliary: float | None = None) -> dict:
+    return {"method": method, "seed": seed, "primary_test_error": primary, "auxiliary_test_error": auxiliary}
+
+
+def test_differences_pair_methods_seed_by_seed_and_count_wins():
+    finals = [final("single", 0, 5.0), final("single", 1, 5.0), final("single", 2, 6.0), final("single", 3, 9.0),
+              final("jade", 0, 4.0), final("jade", 1, 6.0), final("jade", 2, 3.0), final("jade", 3, 9.0),
+              final("paired", 0, 7.0)]  # paired shares one seed only: no pair with it
+    (row,) = seed_differences(finals)
+    assert row["methods"] == ["jade", "single"] and row["seeds"] == [0, 1, 2, 3]
+    diffs = [-1.0, 1.0, -3.0, 0.0]
+    assert math.isclose(row["mean"], -0.75)
+    sd = math.sqrt(sum((d + 0.75) ** 2 for d in diffs) / 3)
+    assert math.isclose(row["se"], sd / 2)
+    assert row["won"] == 2 and row["tied"] == 1
+    md = to_markdown(summarize(finals), "t", seed_differences(finals))
+    assert "| jade − single | -0.75 ± 0.85 | 2, 1 tied | 4 |" in md
+
+
+def test_runs_without_a_primary_error_are_left_out():
+    finals = [final("jade", s, v) for s, v in enumerate([1.0, math.nan, 2.0])]
+    finals += [final("single", s, 3.0) for s in range(3)]
+    (row,) = seed_differences(finals)
+    assert row["seeds"] == [0, 2] and math.isclose(row["mean"], -1.5)
 
 
 def write_final(out: Path, method: str, seed: int, primary: float, auxiliary: float | None = None) -> None:
     run = out / method / f"seed-{seed}"
     run.mkdir(parents=True)
-    final = {"method": method, "seed": seed, "primary_test_error": primary, "auxiliary_test_error": auxiliary}
-    (run / "final.json").write_text(json.dumps(final))
+    (run / "final.json").write_text(json.dumps(final(method, seed, primary, auxiliary)))
 
 
 def compare(*dirs: Path) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, str(SCRIPT), *map(str, dirs)], capture_output=True, text=True)
 
 
-def test_merges_dirs_and_differences_methods_seed_by_seed(tmp_path):
+def test_benchmark_merges_dirs_into_one_summary(tmp_path):
     first, second = tmp_path / "a", tmp_path / "b"
     for seed, (jade, single) in enumerate([(4.0, 5.0), (6.0, 5.0)]):
         write_final(first, "jade", seed, jade, 1.0)
@@ -28,16 +56,23 @@ def test_merges_dirs_and_differences_methods_seed_by_seed(tmp_path):
     write_final(second, "single", 2, 6.0)
     result = compare(first, second)
     assert result.returncode == 0, result.stderr
-    lines = result.stdout.splitlines()
-    assert lines[0].startswith("jade") and "4.33 ±" in lines[0] and "n = 3" in lines[0] and "auxiliary 1.17" in lines[0]
+    assert "| jade | 4.33 ± 1.53 | 1.17 ± 0.29 | 3 |" in result.stdout
     # differences -1, +1, -3: mean -1.00, std 2, SE 2 / sqrt(3)
-    assert lines[-1] == "jade - single: -1.00 ± SE 1.15 over 3 seeds; jade lower on 2"
+    assert "| jade − single | -1.00 ± 1.15 | 2 | 3 |" in result.stdout
 
 
-def test_a_seed_in_two_dirs_and_an_empty_dir_are_refused(tmp_path):
+def test_benchmark_refuses_a_seed_in_two_dirs_and_an_empty_dir(tmp_path):
     for d in ("a", "b"):
         write_final(tmp_path / d, "jade", 0, 4.0)
     twice = compare(tmp_path / "a", tmp_path / "b")
     assert twice.returncode != 0 and "jade seed 0 appears twice" in twice.stderr and "Traceback" not in twice.stderr
     empty = compare(tmp_path / "none")
     assert empty.returncode != 0 and "no finished runs" in empty.stderr
+
+
+def test_write_summary_records_the_differences(tmp_path):
+    finals = [final(m, s, e) for m, errs in (("paired", [3.0, 4.0]), ("jade", [2.0, 4.5])) for s, e in enumerate(errs)]
+    write_summary(tmp_path, finals, "study")
+    (row,) = json.loads((tmp_path / "summary.json").read_text())["differences"]
+    assert row["methods"] == ["jade", "paired"] and row["won"] == 1 and math.isclose(row["mean"], -0.25)
+    assert "| jade − paired | -0.25 ± 0.75 | 1 | 2 |" in (tmp_path / "summary.md").read_text()
