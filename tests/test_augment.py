@@ -46,6 +46,18 @@ def test_quarter_and_half_turns_match_exact_pixel_rotations():
     assert torch.allclose(rotate_scale(x, torch.zeros(2), torch.ones(2)), x, atol=1e-6)
 
 
+def test_non_square_images_turn_rigidly():
+    x = torch.zeros(1, 1, 8, 16)
+    x[:, :, 2:6, 6:10] = 1.0  # a centred 4x4 square: a quarter turn maps it onto itself
+    y = rotate_scale(x, torch.tensor([90.0]), torch.ones(1))
+    assert torch.allclose(y, x, atol=1e-5)
+    bar = torch.zeros(1, 1, 8, 16)
+    bar[:, :, 3:5, 4:12] = 1.0  # a centred, lying 2x8 bar stands up as an 8x2 one, filling the height
+    turned = rotate_scale(bar, torch.tensor([90.0]), torch.ones(1))[0, 0]
+    assert torch.allclose(turned[:, 7:9], torch.ones(8, 2), atol=1e-5)
+    assert abs(turned.sum().item() - 16.0) < 1e-4
+
+
 def test_random_angles_differ_per_image_and_stay_in_range():
     x = torch.zeros(64, 1, 9, 9)
     x[:, :, 4, 4:] = 1.0  # a ray from the centre to the right edge

@@ -33,7 +33,10 @@ def rotate_scale(images: torch.Tensor, degrees: torch.Tensor, factors: torch.Ten
     cos, sin = torch.cos(angle) / factors.double(), torch.sin(angle) / factors.double()
     zero = torch.zeros_like(cos)
     # affine_grid maps each output position to the input position it samples: the inverse transform.
-    theta = torch.stack([torch.stack([cos, sin, zero], 1), torch.stack([-sin, cos, zero], 1)], 1)
+    # It works in coordinates normalised to [-1, 1] per axis: rescale the off-diagonal terms so that a
+    # non-square image turns rigidly in pixel space.
+    h, w = images.shape[-2:]
+    theta = torch.stack([torch.stack([cos, sin * h / w, zero], 1), torch.stack([-sin * w / h, cos, zero], 1)], 1)
     grid = F.affine_grid(theta.to(images), list(images.shape), align_corners=False)
     out = F.grid_sample(images, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
     return out.contiguous(memory_format=torch.channels_last) if images.is_contiguous(
