@@ -16,6 +16,11 @@ from jadekit.io import atomic_write_json, atomic_write_text
 ORDER = ("single", "paired", "jade")
 
 
+def method_order(method: str) -> tuple[int, str]:
+    """Sort key: the paper's methods in ORDER, then any other method by name."""
+    return (ORDER.index(method) if method in ORDER else len(ORDER), method)
+
+
 def mean_std(values: list[float]) -> dict[str, float | int | None]:
     """Mean, sample standard deviation (0 for one value) and count."""
     if not values:
@@ -30,7 +35,7 @@ def summarize(finals: Iterable[dict]) -> list[dict]:
     for f in finals:
         by_method.setdefault(f["method"], []).append(f)
     rows = []
-    for method in sorted(by_method, key=lambda m: (ORDER.index(m) if m in ORDER else len(ORDER), m)):
+    for method in sorted(by_method, key=method_order):
         runs = by_method[method]
         aux = [r["auxiliary_test_error"] for r in runs if r.get("auxiliary_test_error") is not None]
         rows.append({
@@ -53,7 +58,7 @@ def seed_differences(finals: Iterable[dict]) -> list[dict]:
     for f in finals:
         if f["primary_test_error"] is not None and math.isfinite(f["primary_test_error"]):
             errors.setdefault(f["method"], {})[f["seed"]] = f["primary_test_error"]
-    methods = sorted(errors, key=lambda m: (ORDER.index(m) if m in ORDER else len(ORDER), m), reverse=True)
+    methods = sorted(errors, key=method_order, reverse=True)
     rows = []
     for a, b in combinations(methods, 2):
         seeds = sorted(errors[a].keys() & errors[b].keys())
