@@ -14,7 +14,7 @@ import argparse
 import json
 from pathlib import Path
 
-from jadekit.summary import seed_differences, summarize, to_markdown
+from jadekit.summary import summary_markdown
 
 
 def load_finals(dirs: list[Path]) -> list[dict]:
@@ -38,7 +38,7 @@ def main() -> None:
     parser.add_argument("dirs", nargs="+", type=Path, help="output dirs (<dir>/<method>/seed-<n>/final.json)")
     args = parser.parse_args()
     finals = load_finals(args.dirs)
-    print(to_markdown(summarize(finals), " + ".join(map(str, args.dirs)), seed_differences(finals)), end="")
+    print(summary_markdown(finals, " + ".join(map(str, args.dirs))), end="")
 
 
 if __name__ == "__main__":

@@ -135,7 +135,7 @@ def run(
 ) -> None:
     """Train every method x seed of a recipe and write run directories and the summary."""
     from jadekit.runner import RunEvents, run_recipe
-    from jadekit.summary import seed_differences, summarize, to_markdown
+    from jadekit.summary import summary_markdown
 
     stop = {"requested": False}
 
@@ -172,7 +172,7 @@ def run(
         finally:
             for s, handler in previous.items():
                 signal.signal(s, handler)
-    out.print(to_markdown(summarize(finals), resolved.recipe.experiment.name, seed_differences(finals)), highlight=False)
+    out.print(summary_markdown(finals, resolved.recipe.experiment.name), highlight=False)
     out.print(f"written to {resolved.recipe.experiment.output_dir}", highlight=False)
 
 

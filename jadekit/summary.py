@@ -101,6 +101,12 @@ def to_markdown(rows: list[dict], title: str, differences: list[dict] | None = N
     return "\n".join(lines) + "\n"
 
 
+def summary_markdown(finals: Iterable[dict], title: str) -> str:
+    """The markdown summary of finished runs: Table 1 and the per-seed differences."""
+    finals = list(finals)
+    return to_markdown(summarize(finals), title, seed_differences(finals))
+
+
 def to_csv(rows: list[dict]) -> str:
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
