@@ -144,6 +144,9 @@ class TrainConfig(Strict):
     augment_scale: float = Field(
         0.0, ge=0.0, lt=1.0, description="Scale training images (both datasets) by a factor in 1 ± N; 0 = off."
     )
+    augment_rotate_scale_on: Literal["both", "primary"] = Field(
+        "both", description="Datasets that augment_rotate and augment_scale apply to; the shift always applies to both."
+    )
     eval_every: PositiveInt = Field(250, description="Validate (and keep the best state) every N steps.")
     select: Literal["val_accuracy", "val_nll", "last"] = Field(
         "val_accuracy", description="Weights kept and reported: best validation accuracy (ties: NLL), best validation "

@@ -144,8 +144,10 @@ def batch_drawer(trainer: Trainer, p: DomainData, a: DomainData, train: TrainCon
     come from the sampler's checkpointed generator, so resume stays exact)."""
     generator = trainer.sampler.generator
 
-    def images(x: torch.Tensor) -> torch.Tensor:
+    def images(x: torch.Tensor, rotate_scale: bool = True) -> torch.Tensor:
         x = to_float(random_shift(x, train.augment_shift, generator))
+        if not rotate_scale:
+            return x
         return random_rotate_scale(x, train.augment_rotate, train.augment_scale, generator)
 
     def draw() -> Batch:
@@ -154,7 +156,8 @@ def batch_drawer(trainer: Trainer, p: DomainData, a: DomainData, train: TrainCon
         if ai is None:
             return Batch(images(p.train_x[pi]), p.train_y[pi])
         ai = ai.to(a.train_x.device, non_blocking=True)
-        return Batch(images(p.train_x[pi]), p.train_y[pi], images(a.train_x[ai]), a.train_y[ai])
+        x = images(p.train_x[pi])  # primary first: the generator's draws keep their order
+        return Batch(x, p.train_y[pi], images(a.train_x[ai], train.augment_rotate_scale_on == "both"), a.train_y[ai])
 
     return draw
 
