@@ -95,17 +95,17 @@ def test_rotate_scale_on_primary_leaves_the_auxiliary_batch_shift_only():
     """`train.augment_rotate_scale_on = "primary"`: the primary batch turns, the auxiliary one is only shifted."""
     images = torch.randint(0, 256, (6, 1, 12, 12), dtype=torch.uint8)
     domain = SimpleNamespace(train_x=images, train_y=torch.arange(6))
-    indices = torch.arange(6)
-    train = TrainConfig(steps=1, augment_shift=1, augment_rotate=30.0, augment_scale=0.2,
-                        augment_rotate_scale_on="primary")
-    sampler = SimpleNamespace(generator=torch.Generator().manual_seed(3), next=lambda: (indices, indices))
-    batch = batch_drawer(SimpleNamespace(sampler=sampler), domain, domain, train)()
+
+    def draw(rotate_scale_on: str):
+        train = TrainConfig(steps=1, augment_shift=1, augment_rotate=30.0, augment_scale=0.2,
+                            augment_rotate_scale_on=rotate_scale_on)
+        sampler = SimpleNamespace(generator=torch.Generator().manual_seed(3), next=lambda: (torch.arange(6),) * 2)
+        return batch_drawer(SimpleNamespace(sampler=sampler), domain, domain, train)()
+
     # Replay the drawer's random draws in its order: primary shift + rotate/scale, then auxiliary shift only.
     g = torch.Generator().manual_seed(3)
     primary = random_rotate_scale(to_float(random_shift(images, 1, g)), 30.0, 0.2, g)
     auxiliary = to_float(random_shift(images, 1, g))
-    assert torch.equal(batch.x, primary) and torch.equal(batch.x_aux, auxiliary)
-    both = batch_drawer(SimpleNamespace(sampler=SimpleNamespace(generator=torch.Generator().manual_seed(3),
-                                                                next=sampler.next)),
-                        domain, domain, train.model_copy(update={"augment_rotate_scale_on": "both"}))()
+    only_primary, both = draw("primary"), draw("both")
+    assert torch.equal(only_primary.x, primary) and torch.equal(only_primary.x_aux, auxiliary)
     assert torch.equal(both.x, primary) and not torch.equal(both.x_aux, auxiliary)
