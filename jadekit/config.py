@@ -140,10 +140,10 @@ class TrainConfig(Strict):
     )
     augment_rotate: float = Field(
         0.0, ge=0.0, le=180.0,
-        description="Rotate training images by up to N degrees either way (on: augment_rotate_scale_on); 0 = off.",
+        description="Rotate training images by up to N degrees either way (datasets: augment_rotate_scale_on); 0 = off.",
     )
     augment_scale: float = Field(
-        0.0, ge=0.0, lt=1.0, description="Scale training images by a factor in 1 ± N (on: augment_rotate_scale_on); 0 = off."
+        0.0, ge=0.0, lt=1.0, description="Scale training images by a factor in 1 ± N (datasets: augment_rotate_scale_on); 0 = off."
     )
     augment_rotate_scale_on: Literal["both", "primary"] = Field(
         "both", description="Datasets that augment_rotate and augment_scale apply to; the shift always applies to both."

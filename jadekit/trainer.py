@@ -143,12 +143,11 @@ def batch_drawer(trainer: Trainer, p: DomainData, a: DomainData, train: TrainCon
     """The loop's batch source: the sampler's next indices, augmented as `train.augment_*` says (the random draws
     come from the sampler's checkpointed generator, so resume stays exact)."""
     generator = trainer.sampler.generator
+    rotate_scale_auxiliary = train.augment_rotate_scale_on == "both"
 
     def images(x: torch.Tensor, rotate_scale: bool = True) -> torch.Tensor:
         x = to_float(random_shift(x, train.augment_shift, generator))
-        if not rotate_scale:
-            return x
-        return random_rotate_scale(x, train.augment_rotate, train.augment_scale, generator)
+        return random_rotate_scale(x, train.augment_rotate, train.augment_scale, generator) if rotate_scale else x
 
     def draw() -> Batch:
         pi, ai = trainer.sampler.next()
@@ -157,7 +156,7 @@ def batch_drawer(trainer: Trainer, p: DomainData, a: DomainData, train: TrainCon
             return Batch(images(p.train_x[pi]), p.train_y[pi])
         ai = ai.to(a.train_x.device, non_blocking=True)
         x = images(p.train_x[pi])  # primary first: the generator's draws keep their order
-        return Batch(x, p.train_y[pi], images(a.train_x[ai], train.augment_rotate_scale_on == "both"), a.train_y[ai])
+        return Batch(x, p.train_y[pi], images(a.train_x[ai], rotate_scale_auxiliary), a.train_y[ai])
 
     return draw
 
