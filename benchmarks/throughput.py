@@ -198,7 +198,8 @@ def main() -> None:
     device = torch.device(args.device)
     root = Path(os.environ.get("JADEKIT_DATA", "~/.cache/jadekit")).expanduser()
     # No augmentation: the reference has none either, so both paths do the same work per step.
-    resolved = load_resolved(RECIPE, ["primary.download=false", "auxiliary.download=false", "train.augment_shift=0"])
+    resolved = load_resolved(RECIPE, ["primary.download=false", "auxiliary.download=false", "train.augment_shift=0",
+                                      "train.augment_rotate=0", "train.augment_scale=0"])
     cache = DataCache(resolved)
     autocast = torch.bfloat16 if args.precision == "bf16" else None
     results: dict[str, object] = {"device": str(device), "precision": args.precision,
