@@ -216,6 +216,28 @@ def test_single_and_paired_totals():
     assert terms["total"].item() == pytest.approx(expected.item(), rel=1e-6)
 
 
+@pytest.mark.parametrize("method", ["paired", "jade"])
+def test_one_classifier_pass_over_both_batches_equals_one_pass_per_batch(method):
+    """Training classifies both batches in one pass (faster); each cross-entropy must stay that of its own batch."""
+    torch.manual_seed(0)
+    b = _batch()  # 6 primary and 8 auxiliary images: a wrong split would show
+    b = Batch(b.x.double(), b.y, b.x_aux.double(), b.y_aux)
+    if method == "paired":
+        model = PairedClassifier(_encoder(2), _encoder(2), Classifier(2, [5], 3, 0.0)).double().train()
+        expected = {d: nn.functional.cross_entropy(model.logits(x, d), y)
+                    for d, x, y in (("primary", b.x, b.y), ("auxiliary", b.x_aux, b.y_aux))}
+        terms = model.loss_terms(b, W)
+    else:
+        model = Jade(_encoder(8), _encoder(8), _decoder(4), _decoder(4), Classifier(2, [5], 3, 0.0), 2).double().train()
+        torch.manual_seed(1)  # the same posterior samples below: primary's drawn first, then the auxiliary's
+        expected = {d: model.elbo_terms(x, y, d, "bernoulli")["ce"]
+                    for d, x, y in (("primary", b.x, b.y), ("auxiliary", b.x_aux, b.y_aux))}
+        torch.manual_seed(1)
+        terms = model.loss_terms(b, W)
+    for d in ("primary", "auxiliary"):
+        assert terms[f"ce_{d}"].item() == pytest.approx(expected[d].item(), rel=1e-12), d
+
+
 @pytest.mark.parametrize(
     ("classifier_input", "on_mean"),
     [("sample", {"primary": False, "auxiliary": False}), ("mean", {"primary": True, "auxiliary": True}),

@@ -96,8 +96,8 @@ class PairedClassifier(nn.Module):
         return self.classifier(encoder(x))
 
     def loss_terms(self, batch: Batch, w: LossWeights) -> dict[str, torch.Tensor]:
-        ce_p = F.cross_entropy(self.logits(batch.x, "primary"), batch.y)
-        ce_a = F.cross_entropy(self.logits(batch.x_aux, "auxiliary"), batch.y_aux)
+        ce_p, ce_a = _shared_cross_entropies(self.classifier, self.primary_encoder(batch.x), self.auxiliary_encoder(batch.x_aux),
+                                             batch)
         total = w.classification * (ce_p + w.auxiliary * ce_a)
         return {"ce_primary": ce_p, "ce_auxiliary": ce_a, "total": total}
 
@@ -145,21 +145,29 @@ class Jade(nn.Module):
 
     def elbo_terms(self, x: torch.Tensor, y: torch.Tensor, domain: Domain, likelihood: str) -> dict[str, torch.Tensor]:
         """Per-domain negative ELBO terms (batch means) plus the posterior for matching."""
+        terms = self.unlabelled_terms(x, domain, likelihood)
+        terms["ce"] = F.cross_entropy(self.classifier(terms.pop("content")), y)
+        return terms
+
+    def unlabelled_terms(self, x: torch.Tensor, domain: Domain, likelihood: str) -> dict[str, torch.Tensor]:
+        """`elbo_terms` without the classification term: reconstruction NLL, KL, the posterior, and the
+        content the classifier is trained on (a posterior sample, or the mean as `classifier_input` says)."""
         mu, logvar = self.posterior(x, domain)
         z = mu + torch.randn_like(mu) * (0.5 * logvar).exp() if self.training else mu
         decoder = self.primary_decoder if domain == "primary" else self.auxiliary_decoder
         on_mean = self.classifier_input == "mean" or (self.classifier_input == "auxiliary-mean" and domain == "auxiliary")
         return {
             "recon": losses.reconstruction_nll(decoder(z), x, likelihood).mean(),
-            "ce": F.cross_entropy(self.classifier((mu if on_mean else z)[:, : self.content_dim]), y),
             "kl": losses.kl_standard_normal(mu, logvar).mean(),
             "mu": mu,
             "logvar": logvar,
+            "content": (mu if on_mean else z)[:, : self.content_dim],
         }
 
     def loss_terms(self, batch: Batch, w: LossWeights) -> dict[str, torch.Tensor]:
-        p = self.elbo_terms(batch.x, batch.y, "primary", w.likelihood)
-        a = self.elbo_terms(batch.x_aux, batch.y_aux, "auxiliary", w.likelihood)
+        p = self.unlabelled_terms(batch.x, "primary", w.likelihood)
+        a = self.unlabelled_terms(batch.x_aux, "auxiliary", w.likelihood)
+        p["ce"], a["ce"] = _shared_cross_entropies(self.classifier, p["content"], a["content"], batch)
         c = self.content_dim
         mu_a, logvar_a = a["mu"][:, :c], a["logvar"][:, :c]
         if w.match_gradient == "primary":
@@ -173,3 +181,14 @@ class Jade(nn.Module):
 
         terms["total"] = neg_elbo(p) + w.auxiliary * neg_elbo(a) + w.kl_match * match
         return terms
+
+
+def _shared_cross_entropies(classifier: Classifier, content_p: torch.Tensor, content_a: torch.Tensor,
+                            batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+    """Primary and auxiliary cross-entropies from one classifier pass over both batches' content, stacked.
+
+    The same function as one pass per batch, in half as many and larger matrix products: 7-10 %
+    off a paired or jade training step on a 2-core CPU (docs/results.md, Speed).
+    """
+    logits_p, logits_a = classifier(torch.cat([content_p, content_a])).split([len(content_p), len(content_a)])
+    return F.cross_entropy(logits_p, batch.y), F.cross_entropy(logits_a, batch.y_aux)
