@@ -130,7 +130,11 @@ class TrainConfig(Strict):
     steps: PositiveInt = Field(description="Optimizer steps per run.")
     batch_size: PositiveInt = Field(64, description="Primary samples per step.")
     auxiliary_batch_size: PositiveInt | None = Field(
-        None, description="Auxiliary samples per step (class-matched to the primary batch); default batch_size."
+        None, description="Auxiliary samples per step; default batch_size."
+    )
+    auxiliary_sampling: Literal["class_matched", "shuffled"] = Field(
+        "class_matched", description="class_matched: each auxiliary batch holds the primary batch's classes; shuffled: "
+        "the auxiliary pool is read epoch by epoch, classes as they come.",
     )
     lr: float = Field(1e-3, gt=0.0, description="AdamW learning rate.")
     weight_decay: NonNegativeFloat = Field(0.0, description="AdamW weight decay.")

@@ -307,7 +307,7 @@ def preflight(resolved: Resolved, cache: DataCache) -> None:
         data = {d: cache.domain(d, seed) for d in DOMAINS}
         if set(recipe.experiment.methods) - {"single"}:  # the sampler checks the auxiliary data covers every class
             PairedBatchSampler(data["primary"].train_y, data["auxiliary"].train_y, t.batch_size,
-                               t.auxiliary_batch_size or t.batch_size, seed)
+                               t.auxiliary_batch_size or t.batch_size, seed, t.auxiliary_sampling)
     for method in recipe.experiment.methods:
         model = build_checked_model(method, resolved)
         probe_model(method, model, data, resolved)

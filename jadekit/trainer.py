@@ -135,6 +135,7 @@ def make_trainer(method: Method, resolved: Resolved, data: dict[str, DomainData]
         t.batch_size,
         t.auxiliary_batch_size or t.batch_size,
         seed,
+        t.auxiliary_sampling,
     )
     return Trainer(model, optimizer, scheduler, sampler)
 

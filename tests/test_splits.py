@@ -154,6 +154,27 @@ def test_epoch_covers_every_primary_sample():
     assert sorted(first_epoch.tolist()) == list(range(20))
 
 
+def test_shuffled_auxiliary_reads_its_pool_epoch_by_epoch():
+    """`train.auxiliary_sampling = "shuffled"`: every auxiliary sample once per epoch, classes as they come."""
+    s = PairedBatchSampler(PRIMARY, AUXILIARY, batch_size=6, auxiliary_batch_size=10, seed=0, auxiliary_sampling="shuffled")
+    first_epoch = torch.cat([s.next()[1] for _ in range(5)])  # 50 = len(AUXILIARY)
+    assert sorted(first_epoch.tolist()) == list(range(50))
+    big = PairedBatchSampler(PRIMARY, AUXILIARY, batch_size=6, auxiliary_batch_size=120, seed=0, auxiliary_sampling="shuffled")
+    a = big.next()[1]  # larger than the pool: whole epochs, then part of the next
+    assert len(a) == 120 and torch.bincount(a, minlength=50).min() == 2
+
+
+def test_shuffled_state_dict_round_trip_continues_identically():
+    a = PairedBatchSampler(PRIMARY, AUXILIARY, 6, 7, seed=5, auxiliary_sampling="shuffled")
+    for _ in range(9):
+        a.next()
+    b = PairedBatchSampler(PRIMARY, AUXILIARY, 6, 7, seed=99, auxiliary_sampling="shuffled")
+    b.load_state_dict({k: v.clone() for k, v in a.state_dict().items()})
+    for _ in range(10):
+        (pa, aa), (pb, ab) = a.next(), b.next()
+        assert torch.equal(pa, pb) and torch.equal(aa, ab)
+
+
 def test_batch_size_capped_at_pool():
     s = PairedBatchSampler(PRIMARY, None, batch_size=100, auxiliary_batch_size=1, seed=0)
     assert sorted(s.next()[0].tolist()) == list(range(20))

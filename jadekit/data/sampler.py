@@ -1,4 +1,4 @@
-"""Batch indices for a step: shuffled primary batches and class-matched auxiliary batches."""
+"""Batch indices for a step: shuffled primary batches and class-matched (or shuffled) auxiliary batches."""
 
 from __future__ import annotations
 
@@ -9,12 +9,29 @@ import torch
 from jadekit.errors import DataError
 
 
-class PairedBatchSampler:
-    """Draws primary batches epoch by epoch and auxiliary batches holding the same classes.
+def _next_slice(
+    perm: torch.Tensor, pos: int, n: int, pool_size: int, generator: torch.Generator
+) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """The next `n` positions of an epoch-wise permutation of a pool, appending a fresh epoch when it runs out.
 
-    Every class in a primary batch is present in its auxiliary batch (when the auxiliary
-    batch is at least as large as the number of distinct classes), so same-class pairs exist
-    for the content-matching loss. All state is in tensors, so it checkpoints exactly.
+    Returns:
+        (positions, permutation, new position).
+    """
+    while pos + n > len(perm):
+        perm = torch.cat([perm[pos:], torch.randperm(pool_size, generator=generator)])
+        pos = 0
+    return perm[pos : pos + n], perm, pos + n
+
+
+class PairedBatchSampler:
+    """Draws primary batches epoch by epoch and, by default, auxiliary batches holding the same classes.
+
+    class_matched (default): every class in a primary batch is present in its auxiliary batch
+    (when the auxiliary batch is at least as large as the number of distinct classes), the rest
+    repeats the primary batch's labels, and each sample is drawn at random within its class; so
+    same-class pairs exist for the content-matching loss. shuffled: the auxiliary pool is read
+    epoch by epoch like the primary one, classes as they come (what a shuffling DataLoader
+    does). All state is in tensors, so it checkpoints exactly.
 
     Args:
         primary_labels: labels of the primary training pool (positions index this pool).
@@ -22,6 +39,7 @@ class PairedBatchSampler:
         batch_size: primary samples per batch (capped at the pool size).
         auxiliary_batch_size: auxiliary samples per batch.
         seed: seeds the sampler's own generator.
+        auxiliary_sampling: "class_matched" or "shuffled".
     """
 
     def __init__(
@@ -31,6 +49,7 @@ class PairedBatchSampler:
         batch_size: int,
         auxiliary_batch_size: int,
         seed: int,
+        auxiliary_sampling: str = "class_matched",
     ) -> None:
         self.generator = torch.Generator().manual_seed(seed)
         self.n_primary = len(primary_labels)
@@ -40,6 +59,8 @@ class PairedBatchSampler:
         self.perm = torch.randperm(self.n_primary, generator=self.generator)
         self.pos = 0
         self.aux_order = self.aux_start = self.aux_count = None
+        self.aux_perm: torch.Tensor | None = None
+        self.aux_pos = 0
         if auxiliary_labels is not None:
             n_classes = max(int(primary_labels.max()), int(auxiliary_labels.max())) + 1
             self.aux_count = torch.bincount(auxiliary_labels, minlength=n_classes)
@@ -51,17 +72,21 @@ class PairedBatchSampler:
                 )
             self.aux_order = torch.argsort(auxiliary_labels, stable=True)
             self.aux_start = torch.cumsum(self.aux_count, 0) - self.aux_count
+            if auxiliary_sampling == "shuffled":
+                self.aux_perm = torch.randperm(len(auxiliary_labels), generator=self.generator)
+            elif auxiliary_sampling != "class_matched":
+                raise ValueError(f"unknown auxiliary sampling {auxiliary_sampling!r}")
 
     def next(self) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Positions of the next primary batch and its auxiliary batch (None without auxiliary)."""
-        if self.pos + self.batch_size > len(self.perm):
-            rest = self.perm[self.pos :]
-            self.perm = torch.cat([rest, torch.randperm(self.n_primary, generator=self.generator)])
-            self.pos = 0
-        primary = self.perm[self.pos : self.pos + self.batch_size]
-        self.pos += self.batch_size
+        primary, self.perm, self.pos = _next_slice(self.perm, self.pos, self.batch_size, self.n_primary, self.generator)
         if self.aux_order is None:
             return primary, None
+        if self.aux_perm is not None:
+            auxiliary, self.aux_perm, self.aux_pos = _next_slice(
+                self.aux_perm, self.aux_pos, self.auxiliary_batch_size, len(self.aux_order), self.generator
+            )
+            return primary, auxiliary
         y = self.primary_labels[primary]
         reps = math.ceil(self.auxiliary_batch_size / len(y))
         wanted = torch.cat([y.unique(), y.repeat(reps)])[: self.auxiliary_batch_size]
@@ -70,9 +95,15 @@ class PairedBatchSampler:
         return primary, self.aux_order[self.aux_start[wanted] + offset]
 
     def state_dict(self) -> dict[str, torch.Tensor]:
-        return {"generator": self.generator.get_state(), "perm": self.perm.clone(), "pos": torch.tensor(self.pos)}
+        state = {"generator": self.generator.get_state(), "perm": self.perm.clone(), "pos": torch.tensor(self.pos)}
+        if self.aux_perm is not None:
+            state |= {"aux_perm": self.aux_perm.clone(), "aux_pos": torch.tensor(self.aux_pos)}
+        return state
 
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
         self.generator.set_state(state["generator"])
         self.perm = state["perm"].clone()
         self.pos = int(state["pos"])
+        if self.aux_perm is not None:
+            self.aux_perm = state["aux_perm"].clone()
+            self.aux_pos = int(state["aux_pos"])
