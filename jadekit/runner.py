@@ -17,7 +17,6 @@ from jadekit.build import DOMAINS, Resolved, parameter_counts
 from jadekit.config import Method, Recipe, recipe_to_dict
 from jadekit.data.base import ImageSet
 from jadekit.data.prepare import DomainData, fingerprint, load_split, prepare_domain
-from jadekit.data.sampler import PairedBatchSampler
 from jadekit.engine.evaluate import classification_metrics, predict_logits
 from jadekit.engine.loop import Callback, LoopPlan, fit, restore_best
 from jadekit.errors import Interrupted, JadekitError, RunDirError, TrainingDiverged
@@ -33,6 +32,7 @@ from jadekit.trainer import (
     batch_drawer,
     build_checked_model,
     loss_weights,
+    make_sampler,
     make_trainer,
     previous_checkpoint,
     probe_model,
@@ -306,8 +306,7 @@ def preflight(resolved: Resolved, cache: DataCache) -> None:
     for seed in recipe.experiment.seeds:
         data = {d: cache.domain(d, seed) for d in DOMAINS}
         if set(recipe.experiment.methods) - {"single"}:  # the sampler checks the auxiliary data covers every class
-            PairedBatchSampler(data["primary"].train_y, data["auxiliary"].train_y, t.batch_size,
-                               t.auxiliary_batch_size or t.batch_size, seed, t.auxiliary_sampling)
+            make_sampler(data, t, seed)
     for method in recipe.experiment.methods:
         model = build_checked_model(method, resolved)
         probe_model(method, model, data, resolved)

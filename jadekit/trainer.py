@@ -128,16 +128,19 @@ def make_trainer(method: Method, resolved: Resolved, data: dict[str, DomainData]
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, t.steps) / t.steps)))
     else:
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 1.0)
-    aux = data["auxiliary"]
-    sampler = PairedBatchSampler(
+    return Trainer(model, optimizer, scheduler, make_sampler(data, t, seed, model.uses_auxiliary))
+
+
+def make_sampler(data: dict[str, DomainData], train: TrainConfig, seed: int, uses_auxiliary: bool = True) -> PairedBatchSampler:
+    """The batch sampler `train` describes for one seed's data (raises DataError if the auxiliary data misses a class)."""
+    return PairedBatchSampler(
         data["primary"].train_y.cpu(),
-        aux.train_y.cpu() if model.uses_auxiliary else None,
-        t.batch_size,
-        t.auxiliary_batch_size or t.batch_size,
+        data["auxiliary"].train_y.cpu() if uses_auxiliary else None,
+        train.batch_size,
+        train.auxiliary_batch_size or train.batch_size,
         seed,
-        t.auxiliary_sampling,
+        train.auxiliary_sampling,
     )
-    return Trainer(model, optimizer, scheduler, sampler)
 
 
 def batch_drawer(trainer: Trainer, p: DomainData, a: DomainData, train: TrainConfig) -> Callable[[], Batch]:
