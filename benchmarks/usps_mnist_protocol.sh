@@ -7,7 +7,8 @@
 # method) instead: three times the processes, for a GPU host with many cores.
 #   JADEKIT_DATA=../shared/data benchmarks/usps_mnist_protocol.sh runs 100 10
 #   SEEDS="0 1" benchmarks/usps_mnist_protocol.sh runs 25 50 250                     # label curve
-#   PARALLEL=10 benchmarks/usps_mnist_protocol.sh runs-gpu 100 10 -- --set train.device=cuda
+#   nvidia-cuda-mps-control -d   # then, 3.1 min on one H200 (docs/results.md):
+#   SPLIT_METHODS=1 PARALLEL=30 benchmarks/usps_mnist_protocol.sh runs-gpu 100 10 -- --set train.device=cuda
 set -uo pipefail
 export JADEKIT_DATA=${JADEKIT_DATA:-../shared/data}
 out=$1
