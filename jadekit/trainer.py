@@ -120,7 +120,7 @@ def make_trainer(method: Method, resolved: Resolved, data: dict[str, DomainData]
     seed_everything(seed)
     model = build_checked_model(method, resolved).to(device)  # channels-last already
     if t.compile:  # compiles the whole training forward (all loss terms); weights and state_dict are unchanged
-        model.loss_terms = torch.compile(model.loss_terms)
+        model.loss_terms = compiled(model.loss_terms)
     # One fused kernel per step instead of a dozen multi-tensor ops (same update rule; supported on these devices).
     fused = device.type in ("cpu", "cuda", "mps")
     optimizer = torch.optim.AdamW(model.parameters(), lr=t.lr, weight_decay=t.weight_decay, fused=fused)
@@ -129,6 +129,24 @@ def make_trainer(method: Method, resolved: Resolved, data: dict[str, DomainData]
     else:
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 1.0)
     return Trainer(model, optimizer, scheduler, make_sampler(data, t, seed, model.uses_auxiliary))
+
+
+def compiled(loss_terms: Callable) -> Callable:
+    """`torch.compile(loss_terms)`, with a failure of the compiler backend (no C++ compiler, a Triton or
+    toolchain error: an environment problem, raised at the first call) reported as a JadekitError."""
+    fn = torch.compile(loss_terms)
+
+    def run(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except torch._dynamo.exc.BackendCompilerFailed as e:
+            first = str(e).strip().splitlines()[0][:300] if str(e).strip() else "(no message)"
+            raise JadekitError(f"train.compile = true, but torch.compile could not build the training step: "
+                               f"{type(e).__name__}: {first}",
+                               hint="set train.compile = false (the same training, uncompiled), or fix the compiler "
+                                    "toolchain it names (a C++ compiler for CPU runs, Triton for GPU runs).") from None
+
+    return run
 
 
 def make_sampler(data: dict[str, DomainData], train: TrainConfig, seed: int, uses_auxiliary: bool = True) -> PairedBatchSampler:

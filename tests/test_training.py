@@ -216,6 +216,25 @@ def test_compiled_step_matches_eager_losses(write_tiny_recipe, tmp_path):
     assert totals[True] == pytest.approx(totals[False], rel=1e-4)
 
 
+def test_compiler_backend_failure_is_one_clear_message(write_tiny_recipe, tmp_path, monkeypatch):
+    """A torch.compile backend that cannot build (e.g. no C++ compiler or Python headers) exits 2 naming the fix,
+    not as an internal error with a traceback."""
+    from torch._inductor.exc import CppCompileError, InductorError
+
+    def broken_compile(fn, *args, **kwargs):
+        def run(*a, **k):
+            raise InductorError(CppCompileError(["g++", "kernel.cpp"], "fatal error: Python.h: No such file"), None)
+        return run
+
+    monkeypatch.setattr(torch, "compile", broken_compile)
+    recipe = write_tiny_recipe(tmp_path / "c.toml", tmp_path / "runs", experiment={"methods": ["jade"]},
+                               train={"compile": True, "steps": 3, "eval_every": 3})
+    res = run_cli(recipe)
+    assert res.exit_code == 2, res.output
+    assert "torch.compile could not build" in res.output and "CppCompileError" in res.output
+    assert "train.compile = false" in res.output and "Traceback" not in res.output
+
+
 @pytest.mark.parametrize(("select", "kept"), [("val_accuracy", 3), ("val_nll", 4), ("last", 5)])
 def test_train_select_picks_the_kept_weights(select, kept):
     """The weights kept are the best by validation accuracy (ties: NLL), by NLL (ties: accuracy), or the last."""
