@@ -16,7 +16,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
-from jadekit.errors import JadekitError
+from jadekit.errors import JadekitError, first_line
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="JADE: borrow strength from a large labelled dataset.")
 out = Console()
@@ -63,7 +63,7 @@ def user_errors() -> Iterator[None]:
     except Exception as e:  # a bug in jadekit or in a plugin: say so briefly, keep the traceback for debugging
         if os.environ.get(DEBUG_ENV, "") not in ("", "0"):
             raise
-        _say(escape(f"unexpected {type(e).__name__}: {str(e).splitlines()[0][:300] if str(e) else '(no message)'}"),
+        _say(escape(f"unexpected {type(e).__name__}: {first_line(e)}"),
              f"this is a bug in jadekit or a plugin; rerun with {DEBUG_ENV}=1 to see the traceback and report it.")
         raise typer.Exit(1) from None
 

@@ -18,6 +18,12 @@ class JadekitError(Exception):
         super().__init__(message if hint is None else f"{message}\n  fix: {hint}")
 
 
+def first_line(e: BaseException, limit: int = 300) -> str:
+    """The first line of an exception's message, cut to `limit` characters ("(no message)" if it has none)."""
+    text = str(e).strip()
+    return text.splitlines()[0][:limit] if text else "(no message)"
+
+
 class RecipeError(JadekitError):
     """A recipe (or an override) is malformed; carries every problem found at once."""
 

@@ -21,7 +21,7 @@ from jadekit.engine.augment import random_rotate_scale, random_shift
 from jadekit.engine.evaluate import predict_logits, to_float
 from jadekit.engine.loop import Callback, LoopState
 from jadekit.engine.models import Batch, LossWeights
-from jadekit.errors import JadekitError, PluginError, RunDirError
+from jadekit.errors import JadekitError, PluginError, RunDirError, first_line
 from jadekit.io import append_jsonl, load_checkpoint, save_checkpoint, truncate_jsonl
 
 CHECKPOINT = "checkpoint.pt"
@@ -140,9 +140,8 @@ def compiled(loss_terms: Callable) -> Callable:
         try:
             return fn(*args, **kwargs)
         except torch._dynamo.exc.BackendCompilerFailed as e:
-            first = str(e).strip().splitlines()[0][:300] if str(e).strip() else "(no message)"
             raise JadekitError(f"train.compile = true, but torch.compile could not build the training step: "
-                               f"{type(e).__name__}: {first}",
+                               f"{type(e).__name__}: {first_line(e)}",
                                hint="set train.compile = false (the same training, uncompiled), or fix the compiler "
                                     "toolchain it names (a C++ compiler for CPU runs, Triton for GPU runs).") from None
 
