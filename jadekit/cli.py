@@ -132,6 +132,9 @@ def run(
     set_: SetOpt = None,
     resume: Annotated[bool, typer.Option(help="Continue unfinished runs, even if the recipe changed.")] = False,
     force: Annotated[bool, typer.Option(help="Discard existing runs in the output directory.")] = False,
+    jobs: Annotated[int, typer.Option(
+        min=1, help="Train this many runs at a time, each in its own process (CPU threads are split between them; "
+        "with device cuda they spread over the visible GPUs).")] = 1,
 ) -> None:
     """Train every method x seed of a recipe and write run directories and the summary."""
     from jadekit.runner import RunEvents, run_recipe
@@ -168,7 +171,7 @@ def run(
                     ),
                 )
                 finals = run_recipe(resolved, resume=resume, force=force, events=events,
-                                    stop_requested=lambda: stop["requested"])
+                                    stop_requested=lambda: stop["requested"], jobs=jobs)
         finally:
             for s, handler in previous.items():
                 signal.signal(s, handler)

@@ -17,6 +17,16 @@ class JadekitError(Exception):
         self.hint = hint
         super().__init__(message if hint is None else f"{message}\n  fix: {hint}")
 
+    def __reduce__(self):  # rebuilt from its attributes: subclasses' __init__ signatures differ (worker -> parent)
+        return _rebuild, (type(self), self.args, self.__dict__)
+
+
+def _rebuild(cls: type[JadekitError], args: tuple, attributes: dict) -> JadekitError:
+    error = cls.__new__(cls, *args)
+    error.args = args
+    error.__dict__.update(attributes)
+    return error
+
 
 def first_line(e: BaseException, limit: int = 300) -> str:
     """The first line of an exception's message, cut to `limit` characters ("(no message)" if it has none)."""

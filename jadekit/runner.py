@@ -260,8 +260,13 @@ def run_recipe(
     force: bool = False,
     events: RunEvents = RunEvents(),
     stop_requested: Callable[[], bool] = lambda: False,
+    jobs: int = 1,
 ) -> list[dict]:
-    """Run every method x seed (skipping finished runs), then write the summary."""
+    """Run every method x seed (skipping finished runs), then write the summary.
+
+    Args:
+        jobs: train this many runs at a time, each in its own worker process (`jadekit.parallel`).
+    """
     recipe = resolved.recipe
     # Everything that can be wrong with the input is checked before the output directory is touched.
     device = pick_device(recipe.train.device)
@@ -271,22 +276,29 @@ def run_recipe(
     cache = DataCache(resolved)
     preflight(resolved, cache)
     check_output_dir(recipe, resume, force)
-    finals = []
-    for method in recipe.experiment.methods:
-        for seed in recipe.experiment.seeds:
+    runs = [(method, seed) for method in recipe.experiment.methods for seed in recipe.experiment.seeds]
+    finals: dict[tuple[Method, int], dict] = {}
+    for method, seed in runs:
+        final = _finished(run_dir_for(recipe.experiment.output_dir, method, seed) / FINAL, recipe.train.steps)
+        if final is not None:
+            events.on_skip(method, seed, final)
+            finals[(method, seed)] = final
+    pending = [run for run in runs if run not in finals]
+    if jobs > 1 and len(pending) > 1:
+        from jadekit.parallel import train_in_workers
+
+        finals |= train_in_workers(recipe, pending, jobs, device, events, stop_requested)
+    else:
+        for method, seed in pending:
             run_dir = run_dir_for(recipe.experiment.output_dir, method, seed)
-            final = _finished(run_dir / FINAL, recipe.train.steps)
-            if final is not None:
-                events.on_skip(method, seed, final)
-                finals.append(final)
-                continue
             final = train_one(method, seed, resolved, cache, run_dir, device,
                               events.callbacks_for(method, seed, recipe.train.steps), stop_requested,
                               on_resume=lambda step, notes, m=method, s=seed: events.on_resume(m, s, step, notes))
             events.on_done(method, seed, final)
-            finals.append(final)
-    write_summary(Path(recipe.experiment.output_dir), finals, recipe.experiment.name)
-    return finals
+            finals[(method, seed)] = final
+    ordered = [finals[run] for run in runs]
+    write_summary(Path(recipe.experiment.output_dir), ordered, recipe.experiment.name)
+    return ordered
 
 
 def _finished(path: Path, steps: int) -> dict | None:

@@ -1,0 +1,177 @@
+"""`jadekit run --jobs N`: a recipe's runs N at a time, each (method, seed) in a worker process.
+
+These models are small: one run leaves most of a many-core CPU or a GPU idle, so several runs
+side by side finish a study sooner than one run with every thread. Each worker keeps its own
+data cache and trains one run after another; the parent relays progress to the CLI's
+callbacks, and on Ctrl-C, SIGTERM or a failed run tells every worker to checkpoint and stop.
+A run trains exactly as it would alone with the same device and thread count.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import queue
+import signal
+from collections.abc import Callable, Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
+from pathlib import Path
+from time import monotonic
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from jadekit.engine.loop import Callback
+from jadekit.errors import Interrupted, JadekitError
+
+if TYPE_CHECKING:
+    from jadekit.config import Method, Recipe
+    from jadekit.runner import RunEvents
+
+RELAY_SECONDS = 0.25  # a worker forwards training progress at most this often per run
+
+_worker: dict[str, Any] = {}  # the state of this process when it is a worker (set by _start_worker)
+
+
+def worker_devices(device: torch.device, jobs: int) -> list[str]:
+    """One device name per worker: a plain `cuda` spreads the workers over every visible GPU."""
+    if device.type == "cuda" and device.index is None and torch.cuda.device_count() > 1:
+        return [f"cuda:{i % torch.cuda.device_count()}" for i in range(jobs)]
+    return [str(device)] * jobs
+
+
+def train_in_workers(
+    recipe: Recipe,
+    pending: Sequence[tuple[Method, int]],
+    jobs: int,
+    device: torch.device,
+    events: RunEvents,
+    stop_requested: Callable[[], bool],
+) -> dict[tuple[Method, int], dict]:
+    """Train `pending` runs, `jobs` at a time; return each run's final metrics.
+
+    Raises:
+        JadekitError: the first run that failed, after the others checkpointed and stopped.
+        Interrupted: `stop_requested()` turned true; every started run wrote a checkpoint first.
+    """
+    jobs = min(jobs, len(pending))
+    context = multiprocessing.get_context("spawn")  # CUDA cannot be used in forked children
+    messages, stop, slots = context.Queue(), context.Event(), context.Queue()
+    for slot in range(jobs):
+        slots.put(slot)
+    threads = recipe.train.threads or max(1, torch.get_num_threads() // jobs)
+    todo = list(pending)
+    running: dict[Future, tuple[Method, int]] = {}
+    callbacks: dict[tuple[Method, int], Sequence[Callback]] = {}
+    finals: dict[tuple[Method, int], dict] = {}
+    stopped: list[str] = []
+    failures: list[BaseException] = []
+    with ProcessPoolExecutor(jobs, mp_context=context, initializer=_start_worker,
+                             initargs=(recipe, slots, worker_devices(device, jobs), threads, stop, messages)) as pool:
+        try:
+            while todo or running:
+                while todo and len(running) < jobs and not stop.is_set():
+                    method, seed = todo.pop(0)
+                    callbacks[(method, seed)] = events.callbacks_for(method, seed, recipe.train.steps)
+                    running[pool.submit(_train, method, seed)] = (method, seed)
+                if not running:
+                    break
+                done, _ = wait(running, timeout=RELAY_SECONDS, return_when=FIRST_COMPLETED)
+                _relay(messages, callbacks, events)
+                if stop_requested():
+                    stop.set()
+                for future in done:
+                    method, seed = running.pop(future)
+                    try:
+                        finals[(method, seed)] = final = future.result()
+                    except Interrupted as e:
+                        stopped.append(e.message)
+                    except BrokenProcessPool:
+                        failures.append(JadekitError(
+                            f"a worker process died while training {method} seed {seed} (killed, e.g. for lack of memory)",
+                            hint="finished runs and checkpoints are kept: run the recipe again, with fewer --jobs."))
+                        stop.set()
+                    except BaseException as e:  # noqa: BLE001 - re-raised below, once the other workers have stopped
+                        failures.append(e)
+                        stop.set()
+                    else:
+                        events.on_done(method, seed, final)
+        finally:
+            stop.set()  # also on a second Ctrl-C (KeyboardInterrupt here): the workers checkpoint and stop
+    _relay(messages, callbacks, events)
+    if failures:
+        raise failures[0]
+    if stopped or todo:
+        lines = sorted(stopped) + ([f"{len(todo)} run(s) not started"] if todo else [])
+        raise Interrupted("stopped:\n" + "\n".join(f"  {line}" for line in lines),
+                          hint="continue with `jadekit run RECIPE --resume` (or run the same recipe again).")
+    return finals
+
+
+def _relay(messages, callbacks: dict[tuple[Method, int], Sequence[Callback]], events: RunEvents) -> None:
+    """Hand every event the workers sent so far to the parent's callbacks."""
+    while True:
+        try:
+            kind, method, seed, *args = messages.get_nowait()
+        except queue.Empty:
+            return
+        if kind == "resume":
+            events.on_resume(method, seed, *args)
+            continue
+        for callback in callbacks.get((method, seed), ()):
+            getattr(callback, kind)(*args)
+
+
+class _Forwarder(Callback):
+    """A worker's callback: sends the run's progress to the parent, training steps at most every RELAY_SECONDS."""
+
+    def __init__(self, messages, method: Method, seed: int, steps: int) -> None:
+        self.messages, self.method, self.seed, self.steps = messages, method, seed, steps
+        self.last = 0.0
+
+    def on_log(self, step: int, terms: dict[str, float]) -> None:
+        now = monotonic()
+        if now - self.last >= RELAY_SECONDS or step == self.steps:
+            self.last = now
+            self.messages.put(("on_log", self.method, self.seed, step, terms))
+
+    def on_validate(self, step: int, metrics: dict[str, float], improved: bool) -> None:
+        self.messages.put(("on_validate", self.method, self.seed, step, metrics, improved))
+
+
+def _start_worker(recipe: Recipe, slots, devices: list[str], threads: int, stop, messages) -> None:
+    """Set up one worker: signals, threads, device, the resolved recipe and a data cache."""
+    from jadekit.build import resolve
+    from jadekit.runner import DataCache
+
+    def on_signal(signum, frame) -> None:  # like the CLI: the first Ctrl-C stops cleanly, a second aborts
+        if _worker.get("signalled") and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        _worker["signalled"] = True
+
+    for s in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(s, on_signal)
+    torch.set_num_threads(threads)
+    _worker.update(stop=stop, messages=messages, steps=recipe.train.steps, output_dir=recipe.experiment.output_dir)
+    try:
+        _worker["device"] = torch.device(devices[slots.get()])
+        _worker["resolved"] = resolved = resolve(recipe)
+        _worker["cache"] = DataCache(resolved)
+    except Exception as e:  # noqa: BLE001 - reported by the first run this worker takes, not as a broken pool
+        _worker["error"] = e
+
+
+def _train(method: Method, seed: int) -> dict:
+    """Train one run in this worker (see `jadekit.runner.train_one`)."""
+    from jadekit.runner import run_dir_for, train_one
+
+    w = _worker
+    if "error" in w:
+        raise w["error"]
+    messages = w["messages"]
+    return train_one(
+        method, seed, w["resolved"], w["cache"], run_dir_for(Path(w["output_dir"]), method, seed), w["device"],
+        [_Forwarder(messages, method, seed, w["steps"])],
+        stop_requested=lambda: w["stop"].is_set() or w.get("signalled", False),
+        on_resume=lambda step, notes: messages.put(("resume", method, seed, step, notes)),
+    )

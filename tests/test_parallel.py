@@ -1,0 +1,100 @@
+"""`jadekit run --jobs N`: runs in worker processes train exactly as alone; stop, failure and resume stay clean."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from jadekit import io
+from jadekit.cli import app
+from jadekit.parallel import worker_devices
+
+JADEKIT = str(Path(sys.executable).parent / "jadekit")
+METHODS = ("single", "paired", "jade")
+
+
+def run_cli(*args: str):
+    result = CliRunner().invoke(app, ["run", *map(str, args)])
+    assert result.exception is None or isinstance(result.exception, SystemExit), result.output
+    return result
+
+
+@pytest.fixture(scope="module")
+def two_seeds(write_tiny_recipe, tmp_path_factory):
+    """Factory: the tiny recipe (every method, one seed, one thread per run) writing to `tmp / name`."""
+    tmp = tmp_path_factory.mktemp("parallel")
+
+    def write(name: str, **train) -> Path:
+        return write_tiny_recipe(tmp / f"{name}.toml", tmp / name, train={"threads": 1, **train})
+
+    return write
+
+
+def test_runs_in_workers_equal_runs_in_turn(two_seeds):
+    in_turn, in_workers = two_seeds("in-turn"), two_seeds("in-workers")
+    assert run_cli(in_turn).exit_code == 0
+    result = run_cli(in_workers, "--jobs", "2")  # three runs, two at a time
+    assert result.exit_code == 0, result.output
+    for method in METHODS:
+        assert f"{method} seed 0: primary test error" in result.output
+        a, b = (recipe.with_suffix("") / method / "seed-0" for recipe in (in_turn, in_workers))
+        fa, fb = (json.loads((d / "final.json").read_text()) for d in (a, b))
+        assert (fa["primary_test_error"], fa["auxiliary_test_error"]) == (fb["primary_test_error"], fb["auxiliary_test_error"])
+        wa, wb = (io.load_checkpoint(d / "checkpoint.pt")[0]["model"] for d in (a, b))
+        assert all(torch.equal(wa[k], wb[k]) for k in wa), method
+    summary = json.loads((in_workers.with_suffix("") / "summary.json").read_text())
+    assert summary == json.loads((in_turn.with_suffix("") / "summary.json").read_text())
+
+
+def test_a_failed_run_is_one_clear_message_and_keeps_its_checkpoint(two_seeds):
+    recipe = two_seeds("diverged", lr=1e30, checkpoint_every=1)
+    result = run_cli(recipe, "--jobs", "2")
+    assert result.exit_code == 3, result.output
+    assert "Traceback" not in result.output
+    assert "became nan" in result.output or "became inf" in result.output, result.output
+    assert "last good checkpoint" in result.output and "lower train.lr" in result.output
+    assert not list(recipe.with_suffix("").glob("*/seed-*/final.json"))
+
+
+def test_ctrl_c_stops_every_worker_with_a_checkpoint_and_a_rerun_resumes_them(write_tiny_recipe, tmp_path):
+    recipe = write_tiny_recipe(tmp_path / "stopped.toml", tmp_path / "out", experiment={"methods": ["jade"], "seeds": [0, 1]},
+                               train={"steps": 60, "checkpoint_every": 5})
+    out = tmp_path / "out"
+    # A terminal's Ctrl-C reaches the whole process group: the parent and its workers.
+    proc = subprocess.Popen([JADEKIT, "run", str(recipe), "--jobs", "2"], start_new_session=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 120
+    while len(list(out.glob("jade/seed-*/checkpoint.pt"))) < 2:
+        assert proc.poll() is None, proc.communicate()[0].decode()
+        assert time.monotonic() < deadline, "the two runs never checkpointed"
+        time.sleep(0.02)
+    os.killpg(proc.pid, signal.SIGINT)
+    output = proc.communicate(timeout=120)[0].decode()
+    assert proc.returncode == 130, output
+    assert "Traceback" not in output and "--resume" in output
+    assert output.count("checkpoint written to") == 2, output
+    for seed in (0, 1):
+        state, notes = io.load_checkpoint(out / "jade" / f"seed-{seed}" / "checkpoint.pt")
+        assert notes == [] and 5 <= state["loop"]["step"] < 60
+    assert not list(out.glob("jade/seed-*/final.json"))
+
+    result = run_cli(recipe, "--jobs", "2")
+    assert result.exit_code == 0, result.output
+    assert result.output.count("resuming at step") == 2, result.output
+    assert len(list(out.glob("jade/seed-*/final.json"))) == 2
+
+
+def test_worker_devices_spread_a_plain_cuda_over_every_gpu(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    assert worker_devices(torch.device("cuda"), 3) == ["cuda:0", "cuda:1", "cuda:0"]
+    assert worker_devices(torch.device("cuda:1"), 2) == ["cuda:1", "cuda:1"]
+    assert worker_devices(torch.device("cpu"), 2) == ["cpu", "cpu"]
