@@ -28,6 +28,7 @@ if TYPE_CHECKING:
     from jadekit.config import Method, Recipe
     from jadekit.runner import RunEvents
 
+LONGEST_FIRST = ("jade", "paired", "single")  # two VAEs, two encoders, one encoder
 RELAY_SECONDS = 0.25  # a worker forwards training progress at most this often per run
 
 _worker: dict[str, Any] = {}  # the state of this process when it is a worker (set by _start_worker)
@@ -60,7 +61,7 @@ def train_in_workers(
     for slot in range(jobs):
         slots.put(slot)
     threads = recipe.train.threads or max(1, torch.get_num_threads() // jobs)
-    todo = list(pending)
+    todo = sorted(pending, key=lambda run: LONGEST_FIRST.index(run[0]))  # no worker idles while a long run ends
     running: dict[Future, tuple[Method, int]] = {}
     callbacks: dict[tuple[Method, int], Sequence[Callback]] = {}
     finals: dict[tuple[Method, int], dict] = {}

@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import get_args
 
 import pytest
 import torch
@@ -16,7 +17,8 @@ from typer.testing import CliRunner
 
 from jadekit import io
 from jadekit.cli import app
-from jadekit.parallel import worker_devices
+from jadekit.config import Method
+from jadekit.parallel import LONGEST_FIRST, worker_devices
 
 JADEKIT = str(Path(sys.executable).parent / "jadekit")
 METHODS = ("single", "paired", "jade")
@@ -98,3 +100,7 @@ def test_worker_devices_spread_a_plain_cuda_over_every_gpu(monkeypatch):
     assert worker_devices(torch.device("cuda"), 3) == ["cuda:0", "cuda:1", "cuda:0"]
     assert worker_devices(torch.device("cuda:1"), 2) == ["cuda:1", "cuda:1"]
     assert worker_devices(torch.device("cpu"), 2) == ["cpu", "cpu"]
+
+
+def test_every_method_has_a_place_in_the_longest_first_order():
+    assert sorted(LONGEST_FIRST) == sorted(get_args(Method))
