@@ -10,11 +10,13 @@ A run trains exactly as it would alone with the same device and thread count.
 from __future__ import annotations
 
 import multiprocessing
+import pickle
 import queue
 import signal
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
+from contextlib import contextmanager
 from pathlib import Path
 from time import monotonic
 from typing import TYPE_CHECKING, Any
@@ -29,7 +31,8 @@ if TYPE_CHECKING:
     from jadekit.runner import RunEvents
 
 LONGEST_FIRST = ("jade", "paired", "single")  # two VAEs, two encoders, one encoder
-RELAY_SECONDS = 0.25  # a worker forwards training progress at most this often per run
+RELAY_SECONDS = 0.25
+STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM}  # a worker forwards training progress at most this often per run
 
 _worker: dict[str, Any] = {}  # the state of this process when it is a worker (set by _start_worker)
 
@@ -67,30 +70,31 @@ def train_in_workers(
     finals: dict[tuple[Method, int], dict] = {}
     stopped: list[str] = []
     failures: list[BaseException] = []
+    lost: list[str] = []  # runs in flight when a worker process died: the pool fails them all
     with ProcessPoolExecutor(jobs, mp_context=context, initializer=_start_worker,
                              initargs=(recipe, slots, worker_devices(device, jobs), threads, stop, messages)) as pool:
         try:
             while todo or running:
-                while todo and len(running) < jobs and not stop.is_set():
-                    method, seed = todo.pop(0)
-                    callbacks[(method, seed)] = events.callbacks_for(method, seed, recipe.train.steps)
-                    running[pool.submit(_train, method, seed)] = (method, seed)
+                if stop_requested():
+                    stop.set()
+                with _signals_blocked():  # a worker starting up (importing torch) cannot take a Ctrl-C yet
+                    while todo and len(running) < jobs and not stop.is_set():
+                        method, seed = todo.pop(0)
+                        callbacks[(method, seed)] = events.callbacks_for(method, seed, recipe.train.steps)
+                        running[pool.submit(_train, method, seed)] = (method, seed)
                 if not running:
                     break
                 done, _ = wait(running, timeout=RELAY_SECONDS, return_when=FIRST_COMPLETED)
                 _relay(messages, callbacks, events)
-                if stop_requested():
-                    stop.set()
                 for future in done:
                     method, seed = running.pop(future)
                     try:
                         finals[(method, seed)] = final = future.result()
-                    except Interrupted as e:
+                    except Interrupted as e:  # also a signal to this worker alone: the whole study stops
                         stopped.append(e.message)
+                        stop.set()
                     except BrokenProcessPool:
-                        failures.append(JadekitError(
-                            f"a worker process died while training {method} seed {seed} (killed, e.g. for lack of memory)",
-                            hint="finished runs and checkpoints are kept: run the recipe again, with fewer --jobs."))
+                        lost.append(f"{method} seed {seed}")
                         stop.set()
                     except BaseException as e:  # noqa: BLE001 - re-raised below, once the other workers have stopped
                         failures.append(e)
@@ -102,11 +106,29 @@ def train_in_workers(
     _relay(messages, callbacks, events)
     if failures:
         raise failures[0]
+    if lost and not stop_requested():
+        raise JadekitError(f"a worker process died (killed, e.g. for lack of memory) while training {', '.join(sorted(lost))}",
+                           hint="finished runs and checkpoints are kept: run the recipe again, with fewer --jobs.")
+    stopped += [f"{run}: stopped while its worker started" for run in lost]
     if stopped or todo:
         lines = sorted(stopped) + ([f"{len(todo)} run(s) not started"] if todo else [])
         raise Interrupted("stopped:\n" + "\n".join(f"  {line}" for line in lines),
                           hint="continue with `jadekit run RECIPE --resume` (or run the same recipe again).")
     return finals
+
+
+@contextmanager
+def _signals_blocked() -> Iterator[None]:
+    """Hold SIGINT/SIGTERM back while workers are spawned: they inherit the mask and take the signals once
+    their handlers are in place (`_start_worker`), instead of dying with a traceback mid-import."""
+    if not hasattr(signal, "pthread_sigmask"):  # Windows
+        yield
+        return
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
 def _relay(messages, callbacks: dict[tuple[Method, int], Sequence[Callback]], events: RunEvents) -> None:
@@ -150,12 +172,17 @@ def _start_worker(recipe: Recipe, slots, devices: list[str], threads: int, stop,
             raise KeyboardInterrupt
         _worker["signalled"] = True
 
-    for s in (signal.SIGINT, signal.SIGTERM):
+    for s in STOP_SIGNALS:
         signal.signal(s, on_signal)
+    if hasattr(signal, "pthread_sigmask"):
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
+    messages.cancel_join_thread()  # exit even if a killed sibling left the queue's lock taken
     torch.set_num_threads(threads)
     _worker.update(stop=stop, messages=messages, steps=recipe.train.steps, output_dir=recipe.experiment.output_dir)
     try:
-        _worker["device"] = torch.device(devices[slots.get()])
+        _worker["device"] = device = torch.device(devices[slots.get()])
+        if device.type == "cuda":
+            torch.cuda.set_device(device)
         _worker["resolved"] = resolved = resolve(recipe)
         _worker["cache"] = DataCache(resolved)
     except Exception as e:  # noqa: BLE001 - reported by the first run this worker takes, not as a broken pool
@@ -170,9 +197,21 @@ def _train(method: Method, seed: int) -> dict:
     if "error" in w:
         raise w["error"]
     messages = w["messages"]
-    return train_one(
-        method, seed, w["resolved"], w["cache"], run_dir_for(Path(w["output_dir"]), method, seed), w["device"],
-        [_Forwarder(messages, method, seed, w["steps"])],
-        stop_requested=lambda: w["stop"].is_set() or w.get("signalled", False),
-        on_resume=lambda step, notes: messages.put(("resume", method, seed, step, notes)),
-    )
+
+    def stop_requested() -> bool:
+        return w["stop"].is_set() or w.get("signalled", False)
+
+    if stop_requested():
+        raise Interrupted(f"{method} seed {seed}: not started")
+    try:
+        return train_one(
+            method, seed, w["resolved"], w["cache"], run_dir_for(Path(w["output_dir"]), method, seed), w["device"],
+            [_Forwarder(messages, method, seed, w["steps"])], stop_requested,
+            on_resume=lambda step, notes: messages.put(("resume", method, seed, step, notes)),
+        )
+    except Exception as e:
+        try:  # the parent must be able to rebuild it; a plugin's exception may not allow that
+            pickle.loads(pickle.dumps(e))
+        except Exception:  # noqa: BLE001
+            raise RuntimeError(f"{type(e).__name__}: {e}") from None
+        raise

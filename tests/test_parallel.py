@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -93,6 +94,36 @@ def test_ctrl_c_stops_every_worker_with_a_checkpoint_and_a_rerun_resumes_them(wr
     assert result.exit_code == 0, result.output
     assert result.output.count("resuming at step") == 2, result.output
     assert len(list(out.glob("jade/seed-*/final.json"))) == 2
+
+
+def children(pid: int) -> list[str]:
+    """The process ids whose parent is `pid` (from /proc/<id>/stat: "id (name) state parent-id ...")."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError):
+            if stat.read_text().rsplit(")", 1)[1].split()[1] == str(pid):
+                found.append(stat.parent.name)
+    return found
+
+
+@pytest.mark.skipif(not Path("/proc/self/cmdline").exists(), reason="finds the worker processes through /proc")
+def test_a_signal_to_one_worker_stops_the_study_and_starts_no_more_runs(write_tiny_recipe, tmp_path):
+    recipe = write_tiny_recipe(tmp_path / "one.toml", tmp_path / "out", experiment={"methods": ["jade"], "seeds": [0, 1, 2]},
+                               train={"steps": 60, "checkpoint_every": 5})
+    out = tmp_path / "out"
+    proc = subprocess.Popen([JADEKIT, "run", str(recipe), "--jobs", "2"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 120
+    while len(list(out.glob("jade/seed-*/checkpoint.pt"))) < 2:
+        assert proc.poll() is None, proc.communicate()[0].decode()
+        assert time.monotonic() < deadline, "the two runs never checkpointed"
+        time.sleep(0.02)
+    workers = [pid for pid in children(proc.pid) if b"spawn_main" in Path(f"/proc/{pid}/cmdline").read_bytes()]
+    assert len(workers) == 2, children(proc.pid)
+    os.kill(int(workers[0]), signal.SIGTERM)
+    output = proc.communicate(timeout=120)[0].decode()
+    assert proc.returncode == 130, output
+    assert "Traceback" not in output and "1 run(s) not started" in output, output
+    assert not (out / "jade" / "seed-2").exists()
 
 
 def test_worker_devices_spread_a_plain_cuda_over_every_gpu(monkeypatch):
