@@ -126,6 +126,26 @@ def test_a_signal_to_one_worker_stops_the_study_and_starts_no_more_runs(write_ti
     assert not (out / "jade" / "seed-2").exists()
 
 
+@pytest.mark.skipif(not Path("/proc/self/cmdline").exists(), reason="finds the worker processes through /proc")
+def test_a_worker_killed_by_the_system_is_one_message_and_checkpoints_stay(write_tiny_recipe, tmp_path):
+    recipe = write_tiny_recipe(tmp_path / "killed.toml", tmp_path / "out", experiment={"methods": ["jade"], "seeds": [0, 1]},
+                               train={"steps": 200, "checkpoint_every": 5})
+    out = tmp_path / "out"
+    proc = subprocess.Popen([JADEKIT, "run", str(recipe), "--jobs", "2"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 120
+    while len(list(out.glob("jade/seed-*/checkpoint.pt"))) < 2:
+        assert proc.poll() is None, proc.communicate()[0].decode()
+        assert time.monotonic() < deadline, "the two runs never checkpointed"
+        time.sleep(0.02)
+    workers = [pid for pid in children(proc.pid) if b"spawn_main" in Path(f"/proc/{pid}/cmdline").read_bytes()]
+    os.kill(int(workers[0]), signal.SIGKILL)  # as the out-of-memory killer would
+    output = proc.communicate(timeout=120)[0].decode()
+    assert proc.returncode == 2, output
+    assert "Traceback" not in output and "a worker process died" in output and "fewer --jobs" in output, output
+    for seed in (0, 1):
+        assert io.load_checkpoint(out / "jade" / f"seed-{seed}" / "checkpoint.pt")[0]["loop"]["step"] >= 5
+
+
 def test_worker_devices_spread_a_plain_cuda_over_every_gpu(monkeypatch):
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
     assert worker_devices(torch.device("cuda"), 3) == ["cuda:0", "cuda:1", "cuda:0"]
