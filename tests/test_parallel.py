@@ -68,18 +68,24 @@ def test_a_failed_run_is_one_clear_message_and_keeps_its_checkpoint(two_seeds):
     assert not list(recipe.with_suffix("").glob("*/seed-*/final.json"))
 
 
-def test_ctrl_c_stops_every_worker_with_a_checkpoint_and_a_rerun_resumes_them(write_tiny_recipe, tmp_path):
-    recipe = write_tiny_recipe(tmp_path / "stopped.toml", tmp_path / "out", experiment={"methods": ["jade"], "seeds": [0, 1]},
-                               train={"steps": 60, "checkpoint_every": 5})
-    out = tmp_path / "out"
-    # A terminal's Ctrl-C reaches the whole process group: the parent and its workers.
-    proc = subprocess.Popen([JADEKIT, "run", str(recipe), "--jobs", "2"], start_new_session=True,
+def start_two_jobs_until_both_checkpoint(recipe: Path, out: Path, start_new_session: bool = False) -> subprocess.Popen:
+    """Start `jadekit run RECIPE --jobs 2` (a jade-only recipe) and return once two runs wrote a checkpoint."""
+    proc = subprocess.Popen([JADEKIT, "run", str(recipe), "--jobs", "2"], start_new_session=start_new_session,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     deadline = time.monotonic() + 120
     while len(list(out.glob("jade/seed-*/checkpoint.pt"))) < 2:
         assert proc.poll() is None, proc.communicate()[0].decode()
         assert time.monotonic() < deadline, "the two runs never checkpointed"
         time.sleep(0.02)
+    return proc
+
+
+def test_ctrl_c_stops_every_worker_with_a_checkpoint_and_a_rerun_resumes_them(write_tiny_recipe, tmp_path):
+    recipe = write_tiny_recipe(tmp_path / "stopped.toml", tmp_path / "out", experiment={"methods": ["jade"], "seeds": [0, 1]},
+                               train={"steps": 60, "checkpoint_every": 5})
+    out = tmp_path / "out"
+    # A terminal's Ctrl-C reaches the whole process group: the parent and its workers.
+    proc = start_two_jobs_until_both_checkpoint(recipe, out, start_new_session=True)
     os.killpg(proc.pid, signal.SIGINT)
     output = proc.communicate(timeout=120)[0].decode()
     assert proc.returncode == 130, output
@@ -111,12 +117,7 @@ def test_a_signal_to_one_worker_stops_the_study_and_starts_no_more_runs(write_ti
     recipe = write_tiny_recipe(tmp_path / "one.toml", tmp_path / "out", experiment={"methods": ["jade"], "seeds": [0, 1, 2]},
                                train={"steps": 60, "checkpoint_every": 5})
     out = tmp_path / "out"
-    proc = subprocess.Popen([JADEKIT, "run", str(recipe), "--jobs", "2"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    deadline = time.monotonic() + 120
-    while len(list(out.glob("jade/seed-*/checkpoint.pt"))) < 2:
-        assert proc.poll() is None, proc.communicate()[0].decode()
-        assert time.monotonic() < deadline, "the two runs never checkpointed"
-        time.sleep(0.02)
+    proc = start_two_jobs_until_both_checkpoint(recipe, out)
     workers = [pid for pid in children(proc.pid) if b"spawn_main" in Path(f"/proc/{pid}/cmdline").read_bytes()]
     assert len(workers) == 2, children(proc.pid)
     os.kill(int(workers[0]), signal.SIGTERM)
@@ -131,12 +132,7 @@ def test_a_worker_killed_by_the_system_is_one_message_and_checkpoints_stay(write
     recipe = write_tiny_recipe(tmp_path / "killed.toml", tmp_path / "out", experiment={"methods": ["jade"], "seeds": [0, 1]},
                                train={"steps": 200, "checkpoint_every": 5})
     out = tmp_path / "out"
-    proc = subprocess.Popen([JADEKIT, "run", str(recipe), "--jobs", "2"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    deadline = time.monotonic() + 120
-    while len(list(out.glob("jade/seed-*/checkpoint.pt"))) < 2:
-        assert proc.poll() is None, proc.communicate()[0].decode()
-        assert time.monotonic() < deadline, "the two runs never checkpointed"
-        time.sleep(0.02)
+    proc = start_two_jobs_until_both_checkpoint(recipe, out)
     workers = [pid for pid in children(proc.pid) if b"spawn_main" in Path(f"/proc/{pid}/cmdline").read_bytes()]
     os.kill(int(workers[0]), signal.SIGKILL)  # as the out-of-memory killer would
     output = proc.communicate(timeout=120)[0].decode()
