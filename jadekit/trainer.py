@@ -57,11 +57,12 @@ class Trainer:
     scheduler: torch.optim.lr_scheduler.LRScheduler
     sampler: PairedBatchSampler
     state: LoopState = field(default_factory=LoopState)
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
 
     def state_dict(self, recipe: Recipe) -> dict:
         rng = {"torch": torch.get_rng_state(), "python": _python_rng(), "numpy": _numpy_rng()}
-        if torch.cuda.is_available():
-            rng["cuda"] = torch.cuda.get_rng_state_all()
+        if self.device.type == "cuda":  # the run's own GPU only: it may resume on another index, or fewer GPUs
+            rng["cuda"] = torch.cuda.get_rng_state(self.device)
         return {
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
@@ -82,8 +83,12 @@ class Trainer:
         random.setstate(_to_tuple(ckpt["rng"]["python"]))
         np.random.set_state(tuple(ckpt["rng"]["numpy"][:1]) + (np.array(ckpt["rng"]["numpy"][1], dtype=np.uint32),)
                             + tuple(ckpt["rng"]["numpy"][2:]))
-        if "cuda" in ckpt["rng"] and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(ckpt["rng"]["cuda"])
+        cuda = ckpt["rng"].get("cuda")
+        if isinstance(cuda, list):  # jadekit <= 0.3 saved every GPU's state: take this device's, if it had one
+            index = self.device.index if self.device.index is not None else 0
+            cuda = cuda[index] if index < len(cuda) else None
+        if cuda is not None and self.device.type == "cuda":
+            torch.cuda.set_rng_state(cuda, self.device)
 
 
 def _python_rng() -> list:
@@ -128,7 +133,7 @@ def make_trainer(method: Method, resolved: Resolved, data: dict[str, DomainData]
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, t.steps) / t.steps)))
     else:
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 1.0)
-    return Trainer(model, optimizer, scheduler, make_sampler(data, t, seed, model.uses_auxiliary))
+    return Trainer(model, optimizer, scheduler, make_sampler(data, t, seed, model.uses_auxiliary), device=device)
 
 
 def compiled(loss_terms: Callable) -> Callable:

@@ -392,3 +392,34 @@ def test_debug_env_shows_the_traceback_of_unexpected_errors(monkeypatch):
     monkeypatch.setenv("JADEKIT_DEBUG", "1")
     with pytest.raises(ValueError), user_errors():
         raise ValueError("bug")
+
+
+def test_checkpoint_holds_the_cuda_rng_state_of_the_run_device_and_restores_it_on_any_index(monkeypatch, tmp_path,
+                                                                                            write_recipe):
+    """A run trained on cuda:1 (e.g. a --jobs worker) may resume on cuda:0, or on a machine with fewer GPUs."""
+    from types import SimpleNamespace
+
+    from jadekit.trainer import Trainer
+
+    states = {0: torch.tensor([0], dtype=torch.uint8), 1: torch.tensor([1], dtype=torch.uint8)}
+    restored = []
+    monkeypatch.setattr(torch.cuda, "get_rng_state", lambda device: states[device.index])
+    monkeypatch.setattr(torch.cuda, "set_rng_state", lambda state, device: restored.append((int(state[0]), str(device))))
+
+    def trainer(device: str) -> Trainer:
+        model = torch.nn.Linear(2, 2)
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+        sampler = SimpleNamespace(state_dict=dict, load_state_dict=lambda state: None)
+        return Trainer(model, optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 1.0), sampler,
+                       device=torch.device(device))
+
+    recipe = load_recipe(write_recipe(tmp_path))
+    saved = trainer("cuda:1").state_dict(recipe)
+    assert int(saved["rng"]["cuda"][0]) == 1
+    trainer("cuda:0").load_state_dict(saved)
+    assert restored == [(1, "cuda:0")]
+    old = {**saved, "rng": {**saved["rng"], "cuda": [states[0], states[1]]}}  # jadekit <= 0.3: every GPU's state
+    trainer("cuda:1").load_state_dict(old)
+    trainer("cuda:3").load_state_dict(old)  # more GPUs then than now: nothing to restore, no crash
+    assert restored == [(1, "cuda:0"), (1, "cuda:1")]
+    assert "cuda" not in trainer("cpu").state_dict(recipe)["rng"]
