@@ -71,6 +71,7 @@ def train_in_workers(
     stopped: list[str] = []
     failures: list[BaseException] = []
     lost: list[str] = []  # runs in flight when a worker process died: the pool fails them all
+    worker_died = False
     with ProcessPoolExecutor(jobs, mp_context=context, initializer=_start_worker,
                              initargs=(recipe, slots, worker_devices(device, jobs), threads, stop, messages)) as pool:
         try:
@@ -79,9 +80,14 @@ def train_in_workers(
                     stop.set()
                 with _signals_blocked():  # a worker starting up (importing torch) cannot take a Ctrl-C yet
                     while todo and len(running) < jobs and not stop.is_set():
-                        method, seed = todo.pop(0)
+                        try:
+                            future = pool.submit(_train, *todo[0])
+                        except BrokenProcessPool:  # a worker died since the last look (its run's future says which)
+                            worker_died = True
+                            stop.set()
+                            break
+                        method, seed = running[future] = todo.pop(0)
                         callbacks[(method, seed)] = events.callbacks_for(method, seed, recipe.train.steps)
-                        running[pool.submit(_train, method, seed)] = (method, seed)
                 if not running:
                     break
                 done, _ = wait(running, timeout=RELAY_SECONDS, return_when=FIRST_COMPLETED)
@@ -95,6 +101,7 @@ def train_in_workers(
                         stop.set()
                     except BrokenProcessPool:
                         lost.append(f"{method} seed {seed}")
+                        worker_died = True
                         stop.set()
                     except BaseException as e:  # noqa: BLE001 - re-raised below, once the other workers have stopped
                         failures.append(e)
@@ -106,8 +113,9 @@ def train_in_workers(
     _relay(messages, callbacks, events)
     if failures:
         raise failures[0]
-    if lost and not stop_requested():
-        raise JadekitError(f"a worker process died (killed, e.g. for lack of memory) while training {', '.join(sorted(lost))}",
+    if worker_died and not stop_requested():
+        raise JadekitError("a worker process died (killed, e.g. for lack of memory)"
+                           + (f" while training {', '.join(sorted(lost))}" if lost else ""),
                            hint="finished runs and checkpoints are kept: run the recipe again, with fewer --jobs.")
     stopped += [f"{run}: stopped while its worker started" for run in lost]
     if stopped or todo:
