@@ -17,7 +17,7 @@ from jadekit.config import METHODS, DataConfig, Method, apply_overrides, format_
 from jadekit.data.base import ImageSet, Split
 from jadekit.data.prepare import load_split
 from jadekit.engine.evaluate import predict_logits, to_float
-from jadekit.errors import DataError, RecipeError, RunDirError
+from jadekit.errors import DataError, RecipeError, RunDirError, first_line
 from jadekit.io import atomic_write_json, atomic_write_text, load_checkpoint
 from jadekit.metrics import classification_report
 from jadekit.summary import mean_std, seed_differences, summarize, to_markdown
@@ -83,7 +83,7 @@ def load_run(run_dir: Path, overrides: list[str] | None = None, device: torch.de
     try:
         model.load_state_dict(weights)
     except (RuntimeError, TypeError, AttributeError) as e:
-        raise RunDirError(f"checkpoint of {run_dir} does not fit its recipe's {method} model: {str(e).splitlines()[0]}",
+        raise RunDirError(f"checkpoint of {run_dir} does not fit its recipe's {method} model: {first_line(e)}",
                           hint="the recipe.toml was edited after training (provenance.json names the jadekit and plugin "
                                "versions that trained it); restore the recipe, or train again.") from None
     device = torch.device(device)
