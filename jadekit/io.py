@@ -137,8 +137,8 @@ def _load_one(path: Path) -> dict[str, Any]:
     try:
         blob = torch.load(path, map_location="cpu", weights_only=True)  # never unpickles code
     except Exception as e:
-        raise RunDirError(f"checkpoint {path} is unreadable (truncated or corrupt: {type(e).__name__}: {first_line(e, 200)})"
-                          ) from None
+        brief = first_line(e, 200)
+        raise RunDirError(f"checkpoint {path} is unreadable (truncated or corrupt: {type(e).__name__}: {brief})") from None
     if not isinstance(blob, dict) or "state" not in blob or "sha256" not in blob:
         raise RunDirError(f"checkpoint {path} is not a jadekit checkpoint")
     if _digest(blob["state"]).hexdigest() != blob["sha256"]:
