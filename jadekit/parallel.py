@@ -17,7 +17,6 @@ from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from contextlib import contextmanager
-from pathlib import Path
 from time import monotonic
 from typing import TYPE_CHECKING, Any
 
@@ -31,8 +30,8 @@ if TYPE_CHECKING:
     from jadekit.runner import RunEvents
 
 LONGEST_FIRST = ("jade", "paired", "single")  # two VAEs, two encoders, one encoder
-RELAY_SECONDS = 0.25
-STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM}  # a worker forwards training progress at most this often per run
+RELAY_SECONDS = 0.25  # a worker forwards training progress at most this often per run
+STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM}
 
 _worker: dict[str, Any] = {}  # the state of this process when it is a worker (set by _start_worker)
 
@@ -117,7 +116,7 @@ def train_in_workers(
         raise JadekitError("a worker process died (killed, e.g. for lack of memory)"
                            + (f" while training {', '.join(sorted(lost))}" if lost else ""),
                            hint="finished runs and checkpoints are kept: run the recipe again, with fewer --jobs.")
-    stopped += [f"{run}: stopped while its worker started" for run in lost]
+    stopped += [f"{run}: its worker process died; its last checkpoint is kept" for run in lost]
     if stopped or todo:
         lines = sorted(stopped) + ([f"{len(todo)} run(s) not started"] if todo else [])
         raise Interrupted("stopped:\n" + "\n".join(f"  {line}" for line in lines),
@@ -186,7 +185,7 @@ def _start_worker(recipe: Recipe, slots, devices: list[str], threads: int, stop,
         signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
     messages.cancel_join_thread()  # exit even if a killed sibling left the queue's lock taken
     torch.set_num_threads(threads)
-    _worker.update(stop=stop, messages=messages, steps=recipe.train.steps, output_dir=recipe.experiment.output_dir)
+    _worker.update(stop=stop, messages=messages)
     try:
         _worker["device"] = device = torch.device(devices[slots.get()])
         if device.type == "cuda":
@@ -204,7 +203,7 @@ def _train(method: Method, seed: int) -> dict:
     w = _worker
     if "error" in w:
         raise w["error"]
-    messages = w["messages"]
+    messages, recipe = w["messages"], w["resolved"].recipe
 
     def stop_requested() -> bool:
         return w["stop"].is_set() or w.get("signalled", False)
@@ -213,8 +212,8 @@ def _train(method: Method, seed: int) -> dict:
         raise Interrupted(f"{method} seed {seed}: not started")
     try:
         return train_one(
-            method, seed, w["resolved"], w["cache"], run_dir_for(Path(w["output_dir"]), method, seed), w["device"],
-            [_Forwarder(messages, method, seed, w["steps"])], stop_requested,
+            method, seed, w["resolved"], w["cache"], run_dir_for(recipe.experiment.output_dir, method, seed), w["device"],
+            [_Forwarder(messages, method, seed, recipe.train.steps)], stop_requested,
             on_resume=lambda step, notes: messages.put(("resume", method, seed, step, notes)),
         )
     except Exception as e:
