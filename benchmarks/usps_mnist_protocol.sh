@@ -29,7 +29,7 @@ job() {  # budget seed [method]
   jadekit run recipes/usps_mnist.toml --set primary.labels_per_class="$1" --set "experiment.seeds=[$2]" "${only[@]}" \
     --set experiment.output_dir="$out/usps_mnist_$1" --set train.threads=1 "${extra[@]}" > "$out/$name.log" 2>&1
   local rc=$?
-  echo "labels_per_class=$1 seed=$2 ${3:-} exit $rc after $(( $(date +%s) - start )) s"
+  echo "labels_per_class=$1 seed=$2${3:+ $3} exit $rc after $(( $(date +%s) - start )) s"
   return $rc
 }
 
