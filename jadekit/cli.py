@@ -37,12 +37,19 @@ def _say(message: str, hint: str | None) -> None:
         err.print(f"[bold]fix:[/] {hint}", highlight=False, soft_wrap=True)
 
 
+INTERRUPTED = ("interrupted by Ctrl-C", "run the command again.")
+RUN_ABORTED = ("aborted by Ctrl-C without writing a checkpoint",
+               "any earlier checkpoint is kept; run the same command again to continue from it "
+               "(press Ctrl-C once to stop cleanly).")
+
+
 @contextlib.contextmanager
-def user_errors() -> Iterator[None]:
+def user_errors(interrupted: tuple[str, str] = INTERRUPTED) -> Iterator[None]:
     """Turn every failure into one clear message and an exit code, never a traceback.
 
     Exit codes: 2 user error (recipe, data, plugin, output directory, disk), 3 training diverged,
-    130 interrupted, 1 unexpected internal error (set JADEKIT_DEBUG=1 to see its traceback).
+    130 interrupted (`interrupted`: what to say then), 1 unexpected internal error (set JADEKIT_DEBUG=1
+    to see its traceback).
     """
     try:
         yield
@@ -50,8 +57,7 @@ def user_errors() -> Iterator[None]:
         _say(escape(e.message), escape(e.hint) if e.hint else None)
         raise typer.Exit(e.exit_code) from None
     except KeyboardInterrupt:
-        _say("aborted by Ctrl-C without writing a checkpoint",
-             "any earlier checkpoint is kept; continue with `jadekit run RECIPE --resume` (press Ctrl-C once to stop cleanly).")
+        _say(*interrupted)
         raise typer.Exit(130) from None
     except OSError as e:  # full disk, read-only or vanished directory, permission denied
         where = f" ({e.filename})" if e.filename else ""
@@ -155,7 +161,7 @@ def run(
 
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
                TimeElapsedColumn(), TimeRemainingColumn())
-    with user_errors():
+    with user_errors(RUN_ABORTED):
         resolved = _load(recipe, set_)
         handled = (signal.SIGINT, signal.SIGTERM)
         previous = {s: signal.signal(s, on_signal) for s in handled}

@@ -34,6 +34,9 @@ def first_line(e: BaseException, limit: int = 300) -> str:
     return text.splitlines()[0][:limit] if text else "(no message)"
 
 
+RESUME_HINT = "run the same command again to continue from the checkpoints (add --resume if you change the recipe)."
+
+
 class RecipeError(JadekitError):
     """A recipe (or an override) is malformed; carries every problem found at once."""
 

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from jadekit.engine.loop import Callback
-from jadekit.errors import Interrupted, JadekitError
+from jadekit.errors import RESUME_HINT, Interrupted, JadekitError, first_line
 
 if TYPE_CHECKING:
     from jadekit.config import Method, Recipe
@@ -110,17 +110,18 @@ def train_in_workers(
         finally:
             stop.set()  # also on a second Ctrl-C (KeyboardInterrupt here): the workers checkpoint and stop
     _relay(messages, callbacks, events)
+    others = sorted(stopped + [f"{run}: its worker process died; its last checkpoint is kept" for run in lost])
+    others += [first_line(e) for e in failures[1:]] + ([f"{len(todo)} run(s) not started"] if todo else [])
     if failures:
+        if others and isinstance(failures[0], JadekitError):  # the failure's own message, then what became of the rest
+            failures[0].message += "\nthe other runs:\n" + "\n".join(f"  {line}" for line in others)
         raise failures[0]
     if worker_died and not stop_requested():
         raise JadekitError("a worker process died (killed, e.g. for lack of memory)"
                            + (f" while training {', '.join(sorted(lost))}" if lost else ""),
                            hint="finished runs and checkpoints are kept: run the recipe again, with fewer --jobs.")
-    stopped += [f"{run}: its worker process died; its last checkpoint is kept" for run in lost]
-    if stopped or todo:
-        lines = sorted(stopped) + ([f"{len(todo)} run(s) not started"] if todo else [])
-        raise Interrupted("stopped:\n" + "\n".join(f"  {line}" for line in lines),
-                          hint="continue with `jadekit run RECIPE --resume` (or run the same recipe again).")
+    if others:
+        raise Interrupted("stopped:\n" + "\n".join(f"  {line}" for line in others), hint=RESUME_HINT)
     return finals
 
 

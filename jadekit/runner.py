@@ -19,7 +19,7 @@ from jadekit.data.base import ImageSet
 from jadekit.data.prepare import DomainData, fingerprint, load_split, prepare_domain
 from jadekit.engine.evaluate import classification_metrics, predict_logits
 from jadekit.engine.loop import Callback, LoopPlan, fit, restore_best
-from jadekit.errors import Interrupted, JadekitError, RunDirError, TrainingDiverged
+from jadekit.errors import RESUME_HINT, Interrupted, JadekitError, RunDirError, TrainingDiverged
 from jadekit.io import atomic_write_json, atomic_write_text
 from jadekit.provenance import versions
 from jadekit.summary import write_summary
@@ -31,6 +31,7 @@ from jadekit.trainer import (
     apply_optimizer_settings,
     batch_drawer,
     build_checked_model,
+    check_checkpoint,
     loss_weights,
     make_sampler,
     make_trainer,
@@ -61,13 +62,33 @@ def pick_device(requested: str) -> torch.device:
     return torch.device(requested)
 
 
-def recipe_fingerprint(recipe: Recipe) -> str:
-    """Identity of what a run computes; the list of methods/seeds and where it is written do not count."""
+def _identity(recipe: Recipe) -> dict:
+    """What a run computes: the recipe less the list of methods/seeds, where it is written and the device."""
     d = recipe_to_dict(recipe)
     for key in ("methods", "seeds", "output_dir"):
         d["experiment"].pop(key, None)
     d["train"].pop("device", None)
-    return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
+    return d
+
+
+def recipe_fingerprint(recipe: Recipe) -> str:
+    """Identity of what a run computes (`_identity`), as a short hash."""
+    return hashlib.sha256(json.dumps(_identity(recipe), sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _flat(d: dict, prefix: str = "") -> dict[str, object]:
+    out: dict[str, object] = {}
+    for k, v in d.items():
+        out |= _flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v}
+    return out
+
+
+def recipe_changes(old: dict, new: dict, limit: int = 4) -> str:
+    """'train.steps 400 -> 30, ...': the keys two recipe identities differ in (first `limit`)."""
+    a, b = _flat(old), _flat(new)
+    keys = sorted(k for k in a.keys() | b.keys() if a.get(k) != b.get(k))
+    shown = [f"{k} {json.dumps(a.get(k))} -> {json.dumps(b.get(k))}" for k in keys[:limit]]
+    return ", ".join(shown) + (f" and {len(keys) - limit} more" if len(keys) > limit else "")
 
 
 class DataCache:
@@ -159,10 +180,12 @@ def train_one(
     except TrainingDiverged as e:
         kept = (f"the last good checkpoint ({ckpt_path}, step {checkpointer.last_step}) is kept"
                 if checkpointer.last_step is not None else "no checkpoint had been written yet")
-        raise TrainingDiverged(f"{where}: {e.message}; {kept}", hint=e.hint) from None
+        then = ("then rerun with --resume: it continues from that checkpoint" if checkpointer.last_step is not None
+                else "then run again")
+        raise TrainingDiverged(f"{where}: {e.message}; {kept}", hint=f"{e.hint}; {then}.") from None
     except Interrupted:
         raise Interrupted(f"{where}: stopped at step {checkpointer.last_step}; checkpoint written to {ckpt_path}",
-                          hint="continue with `jadekit run RECIPE --resume` (or run the same recipe again).") from None
+                          hint=RESUME_HINT) from None
     elapsed = time.perf_counter() - started
     restore_best(trainer.model, state)
 
@@ -195,11 +218,12 @@ def train_one(
     return final
 
 
-def _read_marker(marker: Path) -> str | None:
+def _read_marker(marker: Path) -> dict:
     try:
-        return json.loads(marker.read_text()).get("recipe_fingerprint")
-    except (OSError, ValueError, AttributeError):
-        return None
+        content = json.loads(marker.read_text())
+    except (OSError, ValueError):
+        return {}
+    return content if isinstance(content, dict) else {}
 
 
 def check_output_dir(recipe: Recipe, resume: bool, force: bool, claim: bool = True) -> None:
@@ -218,9 +242,11 @@ def check_output_dir(recipe: Recipe, resume: bool, force: bool, claim: bool = Tr
                           hint="pick another experiment.output_dir.")
     if marker.exists():
         existing = _read_marker(marker)
-        if existing != fp and not (resume or force):
+        if existing.get("recipe_fingerprint") != fp and not (resume or force):
+            changes = (recipe_changes(existing["recipe"], _identity(recipe)) if isinstance(existing.get("recipe"), dict)
+                       else f"fingerprint {existing.get('recipe_fingerprint')}, this recipe {fp}")
             raise RunDirError(
-                f"{out} holds runs of a different recipe (fingerprint {existing}, this recipe {fp})",
+                f"{out} holds runs of a different recipe ({changes})",
                 hint="pick another experiment.output_dir, pass --resume to continue them with this recipe, "
                 "or --force to discard them.",
             )
@@ -234,7 +260,8 @@ def check_output_dir(recipe: Recipe, resume: bool, force: bool, claim: bool = Tr
         if force:
             for method in ("single", "paired", "jade"):
                 shutil.rmtree(out / method, ignore_errors=True)
-        atomic_write_json(marker, {"recipe_fingerprint": fp, "experiment": recipe.experiment.name})
+        atomic_write_json(marker, {"recipe_fingerprint": fp, "experiment": recipe.experiment.name,
+                                   "recipe": _identity(recipe)})
     except OSError as e:
         raise RunDirError(f"cannot write to output directory {out}: {e.strerror}", hint="choose a writable output_dir.") from None
 
@@ -268,6 +295,9 @@ def run_recipe(
         jobs: train this many runs at a time, each in its own worker process (`jadekit.parallel`).
     """
     recipe = resolved.recipe
+    if force and resume:
+        raise RunDirError("--force and --resume ask for opposite things",
+                          hint="--resume continues the runs in the output directory, --force discards them: pass one.")
     # Everything that can be wrong with the input is checked before the output directory is touched.
     device = pick_device(recipe.train.device)
     check_output_dir(recipe, resume, force, claim=False)
@@ -275,8 +305,12 @@ def run_recipe(
         torch.set_num_threads(recipe.train.threads)
     cache = DataCache(resolved)
     preflight(resolved, cache)
-    check_output_dir(recipe, resume, force)
     runs = [(method, seed) for method in recipe.experiment.methods for seed in recipe.experiment.seeds]
+    for method, seed in runs if not force else ():  # a checkpoint that cannot be resumed fails here, not mid-study
+        run_dir = run_dir_for(recipe.experiment.output_dir, method, seed)
+        if _finished(run_dir / FINAL, recipe.train.steps) is None:
+            check_checkpoint(method, resolved, run_dir)
+    check_output_dir(recipe, resume, force)
     finals: dict[tuple[Method, int], dict] = {}
     for method, seed in runs:
         final = _finished(run_dir_for(recipe.experiment.output_dir, method, seed) / FINAL, recipe.train.steps)

@@ -253,6 +253,35 @@ def previous_checkpoint(path: Path) -> Path:
     return path.with_suffix(path.suffix + ".prev")
 
 
+_MISMATCH = (KeyError, RuntimeError, ValueError, TypeError, IndexError)  # what loading a foreign state raises
+
+
+def _mismatch(run_dir: Path, e: Exception) -> RunDirError:
+    detail = " ".join(str(e).split())[:300]  # torch's load_state_dict message spans several lines
+    return RunDirError(f"checkpoint in {run_dir} does not fit this recipe's model or data ({type(e).__name__}: {detail})",
+                       hint="run with --force to discard it and start again, or restore the recipe it was trained with.")
+
+
+def check_checkpoint(method: Method, resolved: Resolved, run_dir: Path) -> None:
+    """Raise RunDirError unless `run_dir`'s checkpoint (if any) can be resumed by this recipe.
+
+    Checks what can be checked without the data: the model's weights load, and the run is not past
+    `train.steps`. The runner calls this for every unfinished run before it changes the output directory.
+    """
+    ckpt_path = run_dir / CHECKPOINT
+    if not (ckpt_path.exists() or previous_checkpoint(ckpt_path).exists()):
+        return
+    ckpt, _ = load_checkpoint(ckpt_path)
+    try:
+        step, steps = ckpt["loop"]["step"], resolved.recipe.train.steps
+        build_checked_model(method, resolved).load_state_dict(ckpt["model"])
+    except _MISMATCH as e:
+        raise _mismatch(run_dir, e) from None
+    if step > steps:
+        raise RunDirError(f"the checkpoint in {run_dir} is at step {step}, past this recipe's train.steps = {steps}",
+                          hint="raise train.steps to continue it, or pass --force to discard it and start again.")
+
+
 def resume_from_checkpoint(trainer: Trainer, run_dir: Path) -> list[str] | None:
     """Load a run directory's checkpoint into `trainer`; None when there is nothing to resume.
 
@@ -275,11 +304,8 @@ def resume_from_checkpoint(trainer: Trainer, run_dir: Path) -> list[str] | None:
             log.warning(n)
     try:
         trainer.load_state_dict(ckpt)
-    except (KeyError, RuntimeError, ValueError, TypeError, IndexError) as e:
-        raise RunDirError(
-            f"checkpoint in {run_dir} does not fit this recipe's model or data ({type(e).__name__}: {str(e)[:300]})",
-            hint="run with --force to discard it and start again, or restore the recipe it was trained with.",
-        ) from None
+    except _MISMATCH as e:
+        raise _mismatch(run_dir, e) from None
     step = trainer.state.step
     dropped = truncate_jsonl(run_dir / METRICS, lambda r: isinstance(r.get("step"), int) and r["step"] <= step)
     if dropped:

@@ -65,6 +65,7 @@ def test_a_failed_run_is_one_clear_message_and_keeps_its_checkpoint(two_seeds):
     assert "Traceback" not in result.output
     assert "became nan" in result.output or "became inf" in result.output, result.output
     assert "last good checkpoint" in result.output and "lower train.lr" in result.output
+    assert "the other runs:" in result.output and "1 run(s) not started" in result.output  # single: longest first
     assert not list(recipe.with_suffix("").glob("*/seed-*/final.json"))
 
 

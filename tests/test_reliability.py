@@ -177,8 +177,29 @@ def test_foreign_output_dir_needs_force_or_resume(tmp_path, write_recipe):
         refused = run_cli(longer)
         resumed = run_cli([*longer, "--resume"])
     assert refused.exit_code == 2 and "different recipe" in refused.output
+    assert "(train.steps 6 -> 8)" in " ".join(refused.output.split())  # what changed, not two hashes
     assert resumed.exit_code == 0 and "resuming at step 6" in resumed.output
     assert train_steps(out / "jade" / "seed-0") == list(range(1, 9))
+
+
+def test_a_refused_run_changes_nothing_in_the_output_dir(tmp_path, write_recipe):
+    recipe = write_recipe(tmp_path, steps=6)
+    out = tmp_path / "out"
+    with contextlib.chdir(tmp_path):
+        assert run_cli(["run", str(recipe)]).exit_code == 0
+        before = {p: p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()}
+        other_model = run_cli(["run", str(recipe), "--resume", "--set", "train.steps=8",
+                               "--set", "model.classifier_hidden=[7]"])
+        shorter = run_cli(["run", str(recipe), "--resume", "--set", "train.steps=4"])
+        both = run_cli(["run", str(recipe), "--resume", "--force"])
+        after = {p: p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()}
+        again = run_cli(["run", str(recipe)])
+    assert other_model.exit_code == 2 and "does not fit this recipe's model" in other_model.output, other_model.output
+    assert shorter.exit_code == 2, shorter.output
+    assert "at step 6, past this recipe's train.steps = 4" in " ".join(shorter.output.split())
+    assert both.exit_code == 2 and "opposite" in both.output
+    assert after == before  # the marker too: the original recipe still owns the directory
+    assert again.exit_code == 0 and "finished earlier, skipped" in again.output
 
 
 def test_seeds_started_together_can_claim_one_new_output_dir(tmp_path, write_recipe):
@@ -346,6 +367,15 @@ def test_nan_loss_exits_3_names_term_and_step_and_keeps_checkpoint(tmp_path, wri
     assert not (run_dir / "final.json").exists()
 
 
+def test_nan_loss_before_any_checkpoint_says_so_and_not_to_resume(tmp_path, write_recipe):
+    recipe = write_recipe(tmp_path)
+    with contextlib.chdir(tmp_path):
+        result = run_cli(["run", str(recipe), "--set", "train.lr=1e30", "--set", "train.checkpoint_every=1000"])
+    text = " ".join(result.output.split())
+    assert result.exit_code == 3, result.output
+    assert "no checkpoint had been written yet" in text and "then run again" in text and "--resume" not in text
+
+
 def test_resume_takes_the_new_lr_and_divergence_keeps_the_checkpoint(tmp_path, write_recipe):
     recipe = write_recipe(tmp_path, steps=10)
     run_dir = tmp_path / RUN_DIR
@@ -366,7 +396,7 @@ def test_resume_takes_the_new_lr_and_divergence_keeps_the_checkpoint(tmp_path, w
 @pytest.mark.parametrize(
     ("exc", "code", "phrase"),
     [
-        (KeyboardInterrupt(), 130, "aborted by Ctrl-C"),
+        (KeyboardInterrupt(), 130, "interrupted by Ctrl-C"),
         (OSError(28, "No space left on device", "/x/checkpoint.pt"), 2, "(/x/checkpoint.pt): No space left on device"),
         (PermissionError(13, "Permission denied"), 2, "Permission denied"),
         (ValueError("plugin [bug]"), 1, "unexpected ValueError: plugin [bug]"),

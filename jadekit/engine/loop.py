@@ -166,8 +166,7 @@ def _check_weights(model: nn.Module, step: int) -> None:
         )
 
 
-_DIVERGED_HINT = ("lower train.lr, add loss.kl_warmup_steps (KL warm-up), or lower the weight of that term; "
-                  "the last good checkpoint is kept, so --resume continues from it.")
+_DIVERGED_HINT = "lower train.lr, add loss.kl_warmup_steps (KL warm-up), or lower the weight of that term"
 
 
 def restore_best(model: nn.Module, state: LoopState) -> None:
