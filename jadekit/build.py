@@ -99,7 +99,8 @@ def resolve(recipe: Recipe, source: str | None = None) -> Resolved:
     if p and a and p.info.class_names != a.info.class_names:
         problems.append(
             f"auxiliary.dataset: classes differ: primary '{p.name}' has {list(p.info.class_names)}, "
-            f"auxiliary '{a.name}' has {list(a.info.class_names)}; JADE needs the same classes in the same order"
+            f"auxiliary '{a.name}' has {list(a.info.class_names)}; JADE needs the same classes in the same order "
+            "(fix: set both datasets' class lists, e.g. a `classes` param, to the same names in the same order)"
         )
     if problems:
         raise RecipeError(problems, source=source)

@@ -75,8 +75,7 @@ def latent_heatmaps(panels: list[tuple[str, torch.Tensor]], content_dim: int, pa
     """Fig. 2: variance-normalised latent activations, one heatmap (samples x dims) per panel."""
     cols = min(4, len(panels))
     rows = math.ceil(len(panels) / cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(3.4 * cols, 3.0 * rows), squeeze=False)
-    fig.subplots_adjust(hspace=0.6, wspace=0.35)
+    fig, axes = plt.subplots(rows, cols, figsize=(3.4 * cols, 3.0 * rows), squeeze=False, layout="constrained")
     im = None
     for ax, (title, z) in zip(axes.flat, panels, strict=False):
         im = ax.imshow(z.numpy(), aspect="auto", cmap="coolwarm", vmin=-3, vmax=3, interpolation="nearest")
