@@ -22,6 +22,7 @@ from jadekit.config import (
     format_validation_error,
     read_toml,
     recipe_from_dict,
+    recipe_source,
 )
 from jadekit.data.base import DatasetAdapter, DatasetInfo
 from jadekit.engine.models import Classifier, Jade, PairedClassifier, SingleClassifier
@@ -130,11 +131,12 @@ def _unknown_names(raw: dict[str, Any]) -> list[str]:
 def load_resolved(path: Path, overrides: list[str] | None = None) -> Resolved:
     """Read, override, validate and resolve a recipe file, reporting every problem at once."""
     raw = apply_overrides(read_toml(path), overrides or [])
+    source = recipe_source(path, overrides)
     try:
-        recipe = recipe_from_dict(raw, source=str(path))
+        recipe = recipe_from_dict(raw, source=source)
     except RecipeError as e:
-        raise RecipeError(e.problems + _unknown_names(raw), source=str(path)) from None
-    return resolve(recipe, source=str(path))
+        raise RecipeError(e.problems + _unknown_names(raw), source=source) from None
+    return resolve(recipe, source=source)
 
 
 def build_model(method: Method, resolved: Resolved) -> nn.Module:

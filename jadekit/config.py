@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import tomllib
 from pathlib import Path
@@ -26,9 +27,13 @@ METHODS: tuple[Method, ...] = ("single", "paired", "jade")
 
 
 class Strict(BaseModel):
-    """Base of every recipe table: unknown keys are errors, values are immutable."""
+    """Base of every recipe table: unknown keys are errors, values are immutable, types are not converted.
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    Strict: `true`, `"30"` or `8.0` for an int and `"1e-3"` for a float are errors; an int is still a valid float.
+    Fields read from TOML strings or lists (paths, `resize`) opt out with `Field(strict=False)`; their items stay strict.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
 
 class ExperimentConfig(Strict):
@@ -37,7 +42,7 @@ class ExperimentConfig(Strict):
     name: str = Field(min_length=1, description="Experiment name, used in reports.")
     methods: list[Method] = Field(min_length=1, description="Methods to run: single, paired, jade.")
     seeds: list[NonNegativeInt] = Field(min_length=1, description="One run per method and seed.")
-    output_dir: Path = Field(Path("runs"), description="Run directories go under this folder.")
+    output_dir: Path = Field(Path("runs"), strict=False, description="Run directories go under this folder.")
 
     @field_validator("methods", "seeds")
     @classmethod
@@ -51,14 +56,14 @@ class DataConfig(Strict):
     """One dataset of the pair (the `[primary]` or `[auxiliary]` table)."""
 
     dataset: str = Field(min_length=1, description="Registered dataset name (see `jadekit plugins list`).")
-    root: Path | None = Field(None, description="Data root; else $JADEKIT_DATA, else ~/.cache/jadekit.")
+    root: Path | None = Field(None, strict=False, description="Data root; else $JADEKIT_DATA, else ~/.cache/jadekit.")
     download: bool = Field(True, description="Download missing files with torchvision's downloader.")
     labels_per_class: PositiveInt | None = Field(
         None, description="Labelled samples drawn per class (stratified, seeded); all when unset."
     )
     limit: PositiveInt | None = Field(None, description="Cap on labelled samples drawn (stratified); all when unset.")
     val_share: float = Field(0.0, ge=0.0, lt=1.0, description="Share of the labelled subset kept for validation.")
-    resize: tuple[PositiveInt, PositiveInt] | None = Field(None, description="Resize images to [H, W] on load.")
+    resize: tuple[PositiveInt, PositiveInt] | None = Field(None, strict=False, description="Resize images to [H, W] on load.")
     params: dict[str, Any] = Field(default_factory=dict, description="Adapter-specific parameters.")
 
     def data_root(self) -> Path:
@@ -183,16 +188,62 @@ class Recipe(Strict):
     train: TrainConfig
 
 
+# What to write instead, for the type errors of the strict models (values are never converted).
+_TYPE_FIXES = {
+    "int_type": "write a whole number without quotes",
+    "float_type": "write a number without quotes, e.g. 3e-4",
+    "bool_type": "write true or false without quotes",
+    "string_type": 'write a quoted string, e.g. "cpu"',
+    "list_type": 'write a list, e.g. [0, 1] or ["jade", "single"]',
+    "model_type": "write a table: [table] in the file, {key = value} in --set",
+    "dict_type": "write a table: [table] in the file, {key = value} in --set",
+}
+
+
+def _toml_repr(value: Any) -> str:
+    """A short TOML-like rendering of an offending value: true, "30", 8.0, a list, a table."""
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, str):
+        return json.dumps(value if len(value) <= 40 else value[:37] + "...")
+    if isinstance(value, int | float):
+        return repr(value)
+    return "a table" if isinstance(value, dict) else "a list" if isinstance(value, list | tuple) else type(value).__name__
+
+
 def format_validation_error(err: ValidationError, prefix: str = "") -> list[str]:
-    """Render pydantic errors as `key.path: message` lines."""
+    """Render pydantic errors as `key.path: message` lines (type errors say what was given and what to write)."""
     lines = []
     for e in err.errors():
         loc = ".".join(str(p) for p in (prefix, *e["loc"]) if p != "")
         msg = e["msg"]
         if e["type"] == "extra_forbidden":
             msg = "unknown key (check its spelling; see docs/recipes.md)"
+        elif e["type"] in _TYPE_FIXES:
+            msg = f"{msg} (got {_toml_repr(e['input'])}); {_TYPE_FIXES[e['type']]}"
         lines.append(f"{loc or '(recipe)'}: {msg}")
     return lines
+
+
+def _is_toml(raw: str) -> bool:
+    try:
+        tomllib.loads(f"v = {raw}")
+    except tomllib.TOMLDecodeError:
+        return False
+    return True
+
+
+def _not_toml(key: str, raw: str) -> str:
+    """The problem with a `--set` list or table that is not TOML, with the quoted form when quoting bare words fixes it."""
+    example = '["jade", "single"]' if raw.startswith("[") else '{name = "cnn"}'
+    fix = f"quote the strings inside, e.g. {example}, and the whole argument in your shell"
+    if raw.startswith("[") and raw.endswith("]"):
+        items = [i.strip() for i in raw[1:-1].split(",") if i.strip()]
+        bare = [i for i in items if not _is_toml(i)]  # words to quote; a nested list or a stray quote is beyond this
+        quoted = json.dumps([i if i in bare else tomllib.loads(f"v = {i}")["v"] for i in items], default=str)
+        if not any(c in i for i in bare for c in "[]{}\"'") and _is_toml(quoted) and "'" not in quoted:
+            fix = f"quote its strings, and the whole argument in your shell: --set '{key}={quoted}'"
+    return f"{key}: --set value {raw} is not valid TOML; {fix}"
 
 
 def parse_override(item: str) -> tuple[list[str], Any]:
@@ -201,10 +252,13 @@ def parse_override(item: str) -> tuple[list[str], Any]:
     key = key.strip()
     if not sep or not key or any(not part for part in key.split(".")):
         raise RecipeError([f"--set {item!r}: expected key.path=value, e.g. train.lr=3e-4"])
+    raw = raw.strip()
     try:
-        value = tomllib.loads(f"v = {raw.strip()}")["v"]
+        value = tomllib.loads(f"v = {raw}")["v"]
     except tomllib.TOMLDecodeError:
-        value = raw.strip()
+        if raw.startswith(("[", "{")):  # meant as a list or table: taking it as a string would hide the real problem
+            raise RecipeError([_not_toml(key, raw)]) from None
+        value = raw
     return key.split("."), value
 
 
@@ -247,10 +301,15 @@ def recipe_from_dict(data: dict[str, Any], source: str | None = None) -> Recipe:
         raise RecipeError(format_validation_error(e), source=source) from None
 
 
+def recipe_source(path: Path, overrides: list[str] | None = None) -> str:
+    """How problems name a recipe: `recipes/x.toml`, or `recipes/x.toml with --set overrides` when some were given."""
+    return f"{path} with --set overrides" if overrides else str(path)
+
+
 def load_recipe(path: Path, overrides: list[str] | None = None) -> Recipe:
     """Load, override and validate a recipe file (structure only; plugins are checked by `check`)."""
     data = apply_overrides(read_toml(path), overrides or [])
-    return recipe_from_dict(data, source=str(path))
+    return recipe_from_dict(data, source=recipe_source(path, overrides))
 
 
 def recipe_to_dict(recipe: Recipe) -> dict[str, Any]:

@@ -106,6 +106,74 @@ def test_override_wrong_type_names_the_key():
     assert any(p.startswith("train.lr:") for p in problems(e))
 
 
+@pytest.mark.parametrize(("item", "key", "message"), [
+    ("train.steps=true", "train.steps", "Input should be a valid integer (got true); write a whole number"),
+    ('train.steps="30"', "train.steps", 'Input should be a valid integer (got "30")'),
+    ("train.batch_size=8.0", "train.batch_size", "Input should be a valid integer (got 8.0)"),
+    ("train.batch_size=8.5", "train.batch_size", "Input should be a valid integer (got 8.5)"),
+    ('train.lr="1e-3"', "train.lr", 'Input should be a valid number (got "1e-3"); write a number without quotes'),
+    ("loss.kl_match=true", "loss.kl_match", "Input should be a valid number (got true)"),
+    ("experiment.seeds=[true]", "experiment.seeds.0", "Input should be a valid integer (got true)"),
+    ('primary.resize=["28", 28]', "primary.resize.0", 'Input should be a valid integer (got "28")'),
+    ("train.compile=1", "train.compile", "Input should be a valid boolean (got 1)"),
+    ("train.device=1", "train.device", "Input should be a valid string (got 1)"),
+])
+def test_wrong_types_are_not_converted(item, key, message):
+    with pytest.raises(RecipeError) as e:
+        load_recipe(SMOKE, [item])
+    [line] = problems(e)  # one problem, on one line, naming the key
+    assert line.startswith(f"{key}: ") and message in line and "\n" not in line, line
+
+
+def test_ints_are_floats_and_toml_strings_are_paths():
+    r = load_recipe(SMOKE, ["train.lr=1", "loss.kl_match=2", "train.augment_rotate=10", "primary.val_share=0",
+                            "primary.root=data", 'experiment.output_dir="out"', "auxiliary.resize=[28, 28]"])
+    assert (r.train.lr, r.loss.kl_match, r.train.augment_rotate, r.primary.val_share) == (1.0, 2.0, 10.0, 0.0)
+    assert type(r.train.lr) is float and r.primary.root == Path("data") and r.experiment.output_dir == Path("out")
+    assert r.auxiliary.resize == (28, 28)
+    data = read_toml(SMOKE)
+    data["train"]["lr"] = 1
+    assert recipe_from_dict(data).train.lr == 1.0
+
+
+def test_wrong_type_in_the_file_is_reported_by_check(tmp_path):
+    path = write_recipe(tmp_path, train={"steps": True, "lr": "1e-3", "batch_size": 8.0})
+    res = runner.invoke(app(), ["check", str(path)])
+    assert res.exit_code == 2 and "3 problem(s)" in res.stderr, res.output
+    for line in ("train.steps: Input should be a valid integer (got true)", 'train.lr: Input should be a valid number (got "1e-3")',
+                 "train.batch_size: Input should be a valid integer (got 8.0)"):
+        assert line in res.stderr, res.stderr
+
+
+@pytest.mark.parametrize(("item", "fix"), [
+    ("experiment.methods=[jade,single]", """--set 'experiment.methods=["jade", "single"]'"""),
+    ("experiment.seeds=[0, x]", """--set 'experiment.seeds=[0, "x"]'"""),
+    ("experiment.methods=[jade,single", 'quote the strings inside, e.g. ["jade", "single"]'),
+    ("model.primary_backbone={name=cnn}", 'quote the strings inside, e.g. {name = "cnn"}'),
+])
+def test_set_list_or_table_that_is_not_toml(item, fix):
+    key, _, raw = item.partition("=")
+    with pytest.raises(RecipeError) as e:
+        parse_override(item)
+    [line] = problems(e)
+    assert line.startswith(f"{key}: --set value {raw} is not valid TOML; ") and fix in line, line
+
+
+def test_check_says_an_unquoted_set_list_is_not_toml():
+    res = runner.invoke(app(), ["check", str(SMOKE), "--set", "experiment.methods=[jade,single]"])
+    assert res.exit_code == 2
+    assert "experiment.methods: --set value [jade,single] is not valid TOML" in res.stderr, res.stderr
+    assert """--set 'experiment.methods=["jade", "single"]'""" in res.stderr and "valid list" not in res.stderr
+
+
+def test_problems_name_the_overrides(tmp_path):
+    with pytest.raises(RecipeError, match=re.escape(f"1 problem(s) in {SMOKE} with --set overrides:")):
+        load_recipe(SMOKE, ["train.steps=0"])
+    path = write_recipe(tmp_path, train={"steps": 0})
+    with pytest.raises(RecipeError, match=re.escape(f"1 problem(s) in {path}:")):
+        load_recipe(path)
+
+
 @pytest.mark.parametrize(("item", "key"), [("train.stepz=3", "train.stepz"), ("model.primary_backbone.bogus=1",
                                             "model.primary_backbone.bogus"), ("nosuchtable.x=1", "nosuchtable")])
 def test_unknown_key_is_an_error_with_its_path(item, key):
