@@ -91,10 +91,14 @@ def _check_info(info: object) -> list[str]:
     return problems
 
 
-def _load(adapter: object, root: Path, split: str, params: BaseModel, download: bool, problems: list[str]) -> ImageSet | None:
+def _load(
+    adapter: object, root: Path, split: str, params: BaseModel, download: bool, problems: list[str], raise_data_errors: bool
+) -> ImageSet | None:
     try:
         data = adapter.load(root, split, params, download)
-    except Exception as e:  # every failure is a finding, including DataError for missing files
+    except Exception as e:  # every failure is a finding, including DataError for missing files unless asked to raise it
+        if raise_data_errors and isinstance(e, DataError):
+            raise
         problems.append(f"load(split={split!r}) raised {type(e).__name__}: {e}")
         return None
     if not isinstance(data, ImageSet):
@@ -154,6 +158,7 @@ def check_dataset(
     splits: Sequence[str] = ("train", "test"),
     download: bool = False,
     determinism: bool = True,
+    raise_data_errors: bool = False,
 ) -> list[str]:
     """Check a dataset adapter against the contract; returns every problem found.
 
@@ -169,6 +174,11 @@ def check_dataset(
         splits: the splits to load.
         download: passed to `load`.
         determinism: load each split twice and require equal results.
+        raise_data_errors: let a DataError from `load` (missing or corrupt files, the contract's way
+            to fail) propagate instead of listing it, to tell absent data from a broken adapter.
+
+    Raises:
+        DataError: only with `raise_data_errors`, as `load` raised it.
     """
     adapter, p, problems = _prepare(adapter, check_dataset_object, params)
     if p is None:
@@ -182,7 +192,7 @@ def check_dataset(
         return problems
     loaded: dict[str, ImageSet] = {}
     for split in splits:
-        data = _load(adapter, Path(root), split, p, download, problems)
+        data = _load(adapter, Path(root), split, p, download, problems, raise_data_errors)
         if data is None:
             continue
         split_problems = _check_split(split, data, info)
@@ -191,7 +201,7 @@ def check_dataset(
             continue
         loaded[split] = data
         if determinism:
-            again = _load(adapter, Path(root), split, p, download, problems)
+            again = _load(adapter, Path(root), split, p, download, problems, raise_data_errors)
             if again is not None and not _same(data, again):
                 problems.append(f"{split}: two loads with the same params differ (the split must be deterministic)")
     if "train" in loaded and "test" in loaded:
@@ -275,22 +285,35 @@ def check_backbone(
         latent_dims: latent / output sizes to try.
         batch: batch size of the probe tensors.
     """
+    return _check_backbone(backbone, params, shapes, latent_dims, batch, shapes_option="shapes=")
+
+
+def _check_backbone(
+    backbone: object,
+    params: BaseModel | Mapping[str, Any] | None,
+    shapes: Sequence[tuple[int, int, int]],
+    latent_dims: Sequence[int],
+    batch: int,
+    shapes_option: str,
+) -> list[str]:
+    """`check_backbone`, naming the caller's own way to pass other shapes (`shapes=`, `--shape`)."""
     backbone, p, problems = _prepare(backbone, check_backbone_object, params)
     if p is None:
         return problems
-    supported = []
+    supported, refusal = [], ""
     for shape in shapes:
         shape = tuple(int(d) for d in shape)
         try:
             for latent in latent_dims:
                 problems += _check_pair(backbone, shape, latent, p, batch)
             supported.append(shape)
-        except DataError:
-            continue  # the documented way to refuse a shape
+        except DataError as e:  # the documented way to refuse a shape
+            refusal = refusal or f"{shape}: {e.message}"
         except Exception as e:
             problems.append(f"building for shape {shape} raised {type(e).__name__}: {e} (refuse shapes with DataError)")
     if not supported and not problems:
-        problems.append(f"accepts none of the shapes tried {list(shapes)}; pass shapes= with the ones it is meant for")
+        problems.append(f"accepts none of the shapes tried {[tuple(s) for s in shapes]} (first refusal: {refusal}); "
+                        f"pass {shapes_option} with the ones it is meant for")
     return problems
 
 

@@ -311,6 +311,58 @@ def test_download_offline_is_one_clear_error(tmp_path, monkeypatch, name):
     assert calls == [(expected_root, {**expected_kwargs, "download": True})]
 
 
+@pytest.mark.parametrize("name", list(ADAPTERS))
+def test_missing_files_fix_names_the_layout_and_download_only_when_off(tmp_path, monkeypatch, name):
+    with pytest.raises(DataError) as off:
+        ADAPTERS[name].load(tmp_path, "train", P, download=False)
+    assert f"data root that holds {' and '.join(EXPECTED[name])} (" in off.value.hint
+    assert "as above" not in off.value.hint
+    datasets = pytest.importorskip("torchvision.datasets")
+
+    def offline(*args, **kwargs):
+        raise RuntimeError("offline")
+
+    monkeypatch.setattr(datasets, name, offline)
+    with pytest.raises(DataError, match="download failed: offline") as on:
+        ADAPTERS[name].load(tmp_path, "train", P, download=True)
+    hint = on.value.hint
+    assert "download = true" not in hint and "internet" in hint and EXPECTED[name][0] in hint
+
+
+@pytest.mark.parametrize("name", list(ADAPTERS))
+def test_failed_download_leaves_no_new_empty_folders(tmp_path, monkeypatch, name):
+    datasets = pytest.importorskip("torchvision.datasets")
+
+    def offline(root, *args, **kwargs):  # as torchvision does: create the folders, then fail to fetch
+        (Path(root) / ("MNIST/raw" if name == "MNIST" else "")).mkdir(parents=True, exist_ok=True)
+        raise RuntimeError("<urlopen error [Errno -2] Name or service not known>")
+
+    monkeypatch.setattr(datasets, name, offline)
+    root = tmp_path / "nowhere" / "data"
+    with pytest.raises(DataError, match="download failed"):
+        ADAPTERS[name].load(root, "train", P, download=True)
+    assert list(tmp_path.iterdir()) == []
+    kept = tmp_path / name  # folders that existed before are kept, even when empty
+    kept.mkdir()
+    with pytest.raises(DataError, match="download failed"):
+        ADAPTERS[name].load(tmp_path, "train", P, download=True)
+    assert [p.relative_to(tmp_path) for p in tmp_path.rglob("*")] == [Path(name)]
+
+
+def test_failed_download_keeps_what_it_wrote(tmp_path, monkeypatch):
+    datasets = pytest.importorskip("torchvision.datasets")
+
+    def partial(root, *args, **kwargs):
+        Path(root).mkdir(parents=True)
+        (Path(root) / "usps.bz2.part").write_bytes(b"x")
+        raise RuntimeError("connection reset")
+
+    monkeypatch.setattr(datasets, "USPS", partial)
+    with pytest.raises(DataError, match="connection reset"):
+        USPS().load(tmp_path / "new", "train", P, download=True)
+    assert (tmp_path / "new" / "USPS" / "usps.bz2.part").exists()
+
+
 def test_download_then_read_with_own_reader(tmp_path, monkeypatch):
     datasets = pytest.importorskip("torchvision.datasets")
     written = {}

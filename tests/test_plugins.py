@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import tomllib
@@ -23,10 +24,12 @@ from jadekit.cli import app
 from jadekit.data.base import DatasetInfo, ImageSet, NoParams
 from jadekit.errors import DataError, PluginError
 from jadekit.registry import DISABLE_ENV, Registry, check_backbone_object, check_dataset_object
+from jadekit.scaffold import create
 from jadekit.testing import ConformanceError, assert_backbone, assert_dataset, check_backbone, check_dataset
 
 runner = CliRunner()
 MOD = "fake_jadekit_plugin"
+DOC = (Path(__file__).resolve().parents[1] / "docs" / "plugins.md").read_text(encoding="utf-8")
 
 # ------------------------------------------------------------------------- fake plugin objects
 
@@ -74,7 +77,8 @@ class NotAPlugin:
 def fake_module(monkeypatch):
     module = types.ModuleType(MOD)
     module.Toy, module.ToyBackbone, module.NotAPlugin = Toy, ToyBackbone, NotAPlugin
-    module.OtherClassNames = OtherClassNames  # defined below, resolved when the fixture runs
+    # defined below, resolved when the fixture runs
+    module.OtherClassNames, module.NoFiles, module.RefusesAll = OtherClassNames, NoFiles, RefusesAll
     monkeypatch.setitem(sys.modules, MOD, module)
     return module
 
@@ -200,9 +204,11 @@ def fake_registries(monkeypatch, fake_module):
         ep("twice", f"{MOD}:Toy", "jadekit-one"),
         ep("twice", f"{MOD}:Toy", "jadekit-two"),
         ep("renamed", f"{MOD}:OtherClassNames"),
+        ep("nofiles", f"{MOD}:NoFiles"),
     )
     bb = backbones_of(ep("toy-net", f"{MOD}:ToyBackbone", group="jadekit.backbones"),
-                      ep("no-net", f"{MOD}:NotAPlugin", group="jadekit.backbones"))
+                      ep("no-net", f"{MOD}:NotAPlugin", group="jadekit.backbones"),
+                      ep("picky-net", f"{MOD}:RefusesAll", group="jadekit.backbones"))
     monkeypatch.setattr(registry, "datasets", ds)
     monkeypatch.setattr(registry, "backbones", bb)
     return ds, bb
@@ -228,7 +234,7 @@ def test_check_command(fake_registries, tmp_path):
     assert "ok dataset 'toy' (jadekit-toy 1.0)" in ok.output
     assert runner.invoke(app, ["plugins", "check", "toy-net", "--shape", "2,5,7"]).exit_code == 0
     bad_param = runner.invoke(app, ["plugins", "check", "toy", "--no-load", "--set", "m=1"])
-    assert bad_param.exit_code == 1 and "Params rejects" in bad_param.output
+    assert bad_param.exit_code == 2 and "--set m: unknown parameter\nfix: its parameters are n: pass them as --set" in bad_param.output
     renamed = runner.invoke(app, ["plugins", "check", "renamed", "--root", str(tmp_path)])
     assert renamed.exit_code == 1 and "train: class_names ['b', 'a'] differ from info() ['a', 'b']" in renamed.output
     broken = runner.invoke(app, ["plugins", "check", "broken"])
@@ -236,12 +242,46 @@ def test_check_command(fake_registries, tmp_path):
     wrong = runner.invoke(app, ["plugins", "check", "no-net"])
     assert wrong.exit_code == 2 and "breaks the backbone contract" in wrong.output
     unknown = runner.invoke(app, ["plugins", "check", "nope"])
-    assert unknown.exit_code == 2 and "Available datasets: broken, renamed, toy, twice; backbones: no-net, toy-net." in unknown.output
+    assert unknown.exit_code == 2
+    assert "Available datasets: broken, nofiles, renamed, toy, twice; backbones: no-net, picky-net, toy-net." in unknown.output
     bad_kind = runner.invoke(app, ["plugins", "check", "toy", "--kind", "foo"])
     assert bad_kind.exit_code == 2 and "--kind must be dataset or backbone, not 'foo'" in bad_kind.output
     bad_shape = runner.invoke(app, ["plugins", "check", "toy-net", "--shape", "1,x,3"])
     assert bad_shape.exit_code == 2 and "--shape expects C,H,W, got '1,x,3'" in bad_shape.output
     assert "unexpected" not in bad_kind.output + bad_shape.output
+
+
+def _fix(output: str) -> str:
+    return next(line for line in output.splitlines() if line.startswith("fix: "))
+
+
+def test_check_without_data_is_not_a_conformance_failure(fake_registries, tmp_path):
+    """Missing files: exit 2 naming the data root and --root/--download, not FAIL (exit 1) with the recipe's words."""
+    nowhere = tmp_path / "nowhere"
+    res = runner.invoke(app, ["plugins", "check", "nofiles", "--root", str(nowhere)])
+    assert res.exit_code == 2, res.output
+    assert f"dataset 'nofiles' (jadekit-toy 1.0) was not checked: no usable data under {nowhere}:" in res.output
+    assert f"toy train split: {nowhere / 'toy.npz'} not found" in res.output and "FAIL" not in res.output
+    assert "--root" in _fix(res.output) and "--download" in _fix(res.output) and "recipe" not in _fix(res.output)
+    again = runner.invoke(app, ["plugins", "check", "nofiles", "--root", str(nowhere), "--download"])
+    assert again.exit_code == 2 and "--root" in _fix(again.output) and "--download" not in _fix(again.output)
+    assert not nowhere.exists()
+    assert runner.invoke(app, ["plugins", "check", "nofiles", "--root", str(nowhere), "--no-load"]).exit_code == 0
+
+
+def test_check_messages_name_the_cli_options(fake_registries):
+    picky = runner.invoke(app, ["plugins", "check", "picky-net", "--shape", "1,6,6"])
+    assert picky.exit_code == 1
+    assert "accepts none of the shapes tried [(1, 6, 6)] (first refusal: (1, 6, 6): no); pass --shape C,H,W" in picky.output
+    bad_value = runner.invoke(app, ["plugins", "check", "toy", "--no-load", "--set", "n=many"])
+    assert bad_value.exit_code == 2 and "--set n: Input should be a valid integer" in bad_value.output
+    for res in (picky, bad_value):
+        assert "shapes=" not in res.output and "params=" not in res.output
+
+
+def test_check_set_on_a_dataset_without_params():
+    res = runner.invoke(app, ["plugins", "check", "usps", "--no-load", "--set", "size=3"])
+    assert res.exit_code == 2 and "--set size: unknown parameter\nfix: it takes no parameters: leave --set out." in res.output
 
 
 # ------------------------------------------------------------------------- conformance: data
@@ -298,6 +338,11 @@ class Crashes(Toy):
         raise DataError("file missing")
 
 
+class NoFiles(Toy):
+    def load(self, root, split, params, download):
+        raise DataError(f"toy {split} split: {Path(root) / 'toy.npz'} not found", hint="set `download = true` in the recipe.")
+
+
 class BadLabelsInLoad(Toy):
     def load(self, root, split, params, download):
         return ImageSet(self.images(split, params), torch.full((params.n,), 5), self.names)
@@ -323,6 +368,16 @@ def test_broken_adapters_fail(tmp_path, adapter, match):
     assert any(__import__("re").search(match, p) for p in problems), problems
     with pytest.raises(ConformanceError, match=match):
         assert_dataset(adapter, tmp_path)
+
+
+def test_data_errors_are_listed_or_raised(tmp_path):
+    """By default a DataError from load is one of the problems; asked to, the check lets it through."""
+    assert check_dataset(Crashes(), tmp_path)[0] == "load(split='train') raised DataError: file missing"
+    with pytest.raises(DataError, match="file missing"):
+        check_dataset(Crashes(), tmp_path, raise_data_errors=True)
+    with pytest.raises(DataError, match="file missing"):
+        assert_dataset(Crashes(), tmp_path, raise_data_errors=True)
+    assert check_dataset(Toy(), tmp_path, raise_data_errors=True) == []
 
 
 def test_bad_params_are_reported():
@@ -389,7 +444,7 @@ class RaisesWrongError(ToyBackbone):
         (WrongDecoderShape(), r"decoder\(.*\) output is \(3, 1, 29, 28\), expected \(3, 1, 28, 28\) \(the input shape\)"),
         (NotAModule(), "returned function, expected torch.nn.Module"),
         (Frozen(), "decoder.*has no trainable parameters"),
-        (RefusesAll(), "accepts none of the shapes tried"),
+        (RefusesAll(), r"accepts none of the shapes tried .* \(first refusal: \(1, 28, 28\): no\); pass shapes= with"),
         (RaisesWrongError(), "raised ValueError: too small \\(refuse shapes with DataError\\)"),
     ],
 )
@@ -438,6 +493,11 @@ def test_new_scaffold_modules_conform(tmp_path, monkeypatch):
 
     assert_dataset(DemoDataset(), tmp_path / "data", {"size": 12}, download=True)
     assert_backbone(DemoBackbone(), {"width": 2}, shapes=[(1, 9, 13)], latent_dims=(3,))
+    damaged = tmp_path / "data" / "demo" / "thin-train.npz"
+    for junk in (damaged.read_bytes()[:100], b""):  # a truncated zip, an empty file: not only ValueError
+        damaged.write_bytes(junk)
+        with pytest.raises(DataError, match=f"{re.escape(str(damaged))} is damaged"):
+            DemoDataset().load(tmp_path / "data", "train", DemoDataset.Params(size=12), download=True)
     for m in [m for m in sys.modules if m.startswith("jadekit_demo")]:
         monkeypatch.delitem(sys.modules, m)
 
@@ -467,3 +527,59 @@ def test_new_package_installs_passes_its_tests_and_runs(tmp_path):
     done = subprocess.run(run, env=env, cwd=target, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-2000:]
     assert (target / "runs/demo/jade/seed-0/final.json").exists()
+
+
+# ------------------------------------------------------------------------- docs/plugins.md
+
+
+def _doc_block(section: str, lang: str) -> str:
+    """The first ```lang block of a `### section` of docs/plugins.md."""
+    body = re.split(r"^### ", DOC, flags=re.M)
+    text = next(s for s in body if s.startswith(section))
+    return re.search(rf"```{lang}\n(.*?)```", text, re.S).group(1)
+
+
+def test_tutorial_code_conforms_and_reports_damaged_files(tmp_path, monkeypatch):
+    """The tutorial's dataset.py and backbone.py, verbatim: they pass the checks, and a damaged file is one DataError."""
+    package = tmp_path / "src" / "jadekit_shapes"
+    package.mkdir(parents=True)
+    (package / "__init__.py").write_text("")
+    (package / "dataset.py").write_text(_doc_block("2.3", "python"))
+    (package / "backbone.py").write_text(_doc_block("2.4", "python"))
+    monkeypatch.syspath_prepend(str(package.parent))
+    for m in [m for m in sys.modules if m.startswith("jadekit_shapes")]:
+        monkeypatch.delitem(sys.modules, m)
+    from jadekit_shapes.backbone import ShapesCNN
+    from jadekit_shapes.dataset import Shapes
+
+    data = tmp_path / "data"
+    assert_dataset(Shapes(), data, {"size": 16}, download=True)
+    assert_backbone(ShapesCNN(), {"width": 2}, shapes=[(1, 24, 24)], latent_dims=(3,))
+    with pytest.raises(DataError, match="not found") as missing:
+        Shapes().load(tmp_path / "nowhere", "train", Shapes.Params(), download=False)
+    assert "--download" in missing.value.hint
+    damaged = data / "shapes" / "noise40-16-train.npz"
+    good = damaged.read_bytes()
+    for junk in (b"junk" * 10, good[: len(good) // 2], b""):
+        damaged.write_bytes(junk)
+        with pytest.raises(DataError) as err:
+            Shapes().load(data, "train", Shapes.Params(size=16), download=True)
+        assert str(damaged) in err.value.message and "delete it" in err.value.hint
+        assert damaged.read_bytes() == junk  # nothing written is lost
+    for m in [m for m in sys.modules if m.startswith("jadekit_shapes")]:
+        monkeypatch.delitem(sys.modules, m)
+
+
+def test_shortcut_note_tells_what_the_scaffold_writes(tmp_path):
+    note = " ".join(line.lstrip("> ") for line in DOC.split("> Shortcut:")[1].split("\n\n")[0].splitlines())
+    target, files = create("shapes", tmp_path / "jadekit-shapes")
+    written = {str(f.relative_to(target)) for f in files}
+    modules = {f"jadekit_shapes/{m}.py" for m in ("__init__", "dataset", "backbone")}
+    assert modules <= written and "`jadekit_shapes/{__init__,dataset,backbone}.py`" in note
+    for rel in sorted(written - modules):
+        assert f"`{rel}`" in note, rel
+    dataset = (target / "jadekit_shapes" / "dataset.py").read_text()
+    for field in re.findall(r"^    (\w+): [^=]+= Field\(", dataset, re.M):
+        assert f"`{field}`" in note, field
+    for cls in re.findall(r"^class (\w+)", dataset + (target / "jadekit_shapes" / "backbone.py").read_text(), re.M):
+        assert cls.endswith("BackboneParams") or f"`{cls}`" in note, cls

@@ -3,12 +3,18 @@
 from __future__ import annotations
 
 import json
+import textwrap
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.markup import escape as rich_escape
 from rich.table import Table
+
+if TYPE_CHECKING:
+    from pydantic import BaseModel
+
+    from jadekit.errors import DataError
 
 plugins_app = typer.Typer(no_args_is_help=True, help="List, check and scaffold plugins.")
 
@@ -60,6 +66,46 @@ def _parse_shape(text: str) -> tuple[int, int, int]:
     return c, h, w
 
 
+def _validate_params(obj: object, params: dict, header: str) -> BaseModel | None:
+    """The plugin's Params from the --set values (None without any: the check then tries the defaults).
+
+    Raises:
+        JadekitError: a --set value does not fit (a user error, exit 2, not a conformance failure).
+    """
+    from pydantic import ValidationError
+
+    from jadekit.errors import JadekitError
+
+    if not params:
+        return None
+    model = obj.Params
+    try:
+        return model.model_validate(params)
+    except ValidationError as e:
+        lines = []
+        for error in e.errors():
+            key = ".".join(str(p) for p in error["loc"]) or "(all)"
+            lines.append(f"  --set {key}: {'unknown parameter' if error['type'] == 'extra_forbidden' else error['msg']}")
+        names = ", ".join(model.model_fields)
+        hint = f"its parameters are {names}: pass them as --set NAME=VALUE." if names else "it takes no parameters: leave --set out."
+        raise JadekitError(f"{header} rejects the --set values:\n" + "\n".join(lines), hint=hint) from None
+
+
+def _no_data(header: str, root: Path, e: DataError, download: bool) -> DataError:
+    """Missing or unreadable data files: the check cannot run, which is not a conformance failure (exit 2)."""
+    from jadekit.errors import DataError
+
+    ways = ["pass --root with a data root that holds its files"]
+    if not download:
+        ways.append("add --download to let the plugin fetch them")
+    advice = ""
+    if e.hint:
+        advice = f"\n  the plugin's own advice: {e.hint}"
+        ways.append("follow the plugin's advice above")
+    return DataError(f"{header} was not checked: no usable data under {root}:\n{textwrap.indent(e.message, '  ')}{advice}",
+                     hint=f"{', or '.join(ways)}; --no-load checks its Params and info() without data.")
+
+
 @plugins_app.command("check")
 def plugins_check(
     name: Annotated[str, typer.Argument(help="A registered dataset or backbone name.")],
@@ -70,10 +116,11 @@ def plugins_check(
     download: Annotated[bool, typer.Option(help="Dataset: let load() download missing files.")] = False,
     shape: Annotated[list[str] | None, typer.Option("--shape", help="Backbone: image shape C,H,W to try (repeatable).")] = None,
 ) -> None:
-    """Run the conformance checks (jadekit.testing) on one installed plugin; exit 1 when it fails."""
+    """Run the conformance checks (jadekit.testing) on one installed plugin; exit 1 when it fails, 2 when it cannot run."""
     from jadekit import registry, testing
     from jadekit.cli import err, out, user_errors
     from jadekit.config import DataConfig
+    from jadekit.errors import DataError
 
     with user_errors():
         if kind not in (None, "dataset", "backbone"):
@@ -93,15 +140,19 @@ def plugins_check(
         for reg in regs:
             info = reg.info(name)
             obj = reg.load(name)
+            header = f"{reg.kind} '{name}' ({info.provider})"
+            p = _validate_params(obj, params, header)
             if reg.kind == "dataset":
                 data_root = None if no_load else (root or DataConfig(dataset=name).data_root())
-                problems = testing.check_dataset(obj, data_root, params, download=download)
+                try:
+                    problems = testing.check_dataset(obj, data_root, p, download=download, raise_data_errors=True)
+                except DataError as e:
+                    raise _no_data(header, data_root, e, download) from None
                 what = "Params and info()" if data_root is None else f"train and test splits under {data_root}"
             else:
                 shapes = [_parse_shape(s) for s in shape] if shape else testing.DEFAULT_SHAPES
-                problems = testing.check_backbone(obj, params, shapes=shapes)
+                problems = testing._check_backbone(obj, p, shapes, testing.DEFAULT_LATENT_DIMS, 3, shapes_option="--shape C,H,W")
                 what = f"shapes tried {[tuple(s) for s in shapes]}, latent sizes {list(testing.DEFAULT_LATENT_DIMS)}"
-            header = f"{reg.kind} '{name}' ({info.provider})"
             if problems:
                 failed = True
                 err.print(f"[bold red]FAIL[/] {header}: {len(problems)} problem(s)", highlight=False)

@@ -10,27 +10,31 @@ from pathlib import Path
 
 from jadekit.errors import DataError
 
-_WAYS_TO_PROVIDE = (
-    "point jadekit at a data root laid out as above, in one of three ways: "
-    'set `root = "..."` in the recipe\'s [primary] or [auxiliary] table, set the environment variable '
-    "JADEKIT_DATA, or set `download = true` (needs internet)"
-)
+_ROOT_WAYS = '`root = "..."` in the recipe\'s [primary] or [auxiliary] table, or the environment variable JADEKIT_DATA'
 
 
-def missing_files_error(dataset: str, split: str, missing: Sequence[str], cause: str | None = None) -> DataError:
+def missing_files_error(
+    dataset: str, split: str, missing: Sequence[str], cause: str | None = None, layout: Sequence[str] = ()
+) -> DataError:
     """The one error raised when a split's files are absent and cannot be downloaded.
 
     Args:
         dataset: dataset name as the user knows it, e.g. "MNIST".
         split: "train" or "test".
         missing: the expected file paths (or alternatives), one entry per file.
-        cause: short text of the failed download, if one was tried.
+        cause: short text of the failed download, if one was tried (the fix then does not suggest downloading).
+        layout: the missing files' paths relative to the data root, e.g. "USPS/usps.bz2".
     """
     lines = "\n".join(f"    {m}" for m in missing)
     message = f"{dataset} {split} split: data files not found:\n{lines}"
+    holding = " and ".join(layout) if layout else "them in the same layout"
+    other_root = f"point jadekit at a data root that holds {holding} ({_ROOT_WAYS})"
     if cause:
         message += f"\n  download failed: {cause}"
-    return DataError(message, hint=_WAYS_TO_PROVIDE)
+        hint = f"check the internet connection and try again, put the files at the paths above yourself, or {other_root}"
+    else:
+        hint = f"put the files at the paths above, {other_root}, or set `download = true` to fetch them (needs internet)"
+    return DataError(message, hint=hint)
 
 
 def corrupt_file_error(path: Path, problem: str | Exception) -> DataError:
@@ -54,6 +58,7 @@ def require_files(
     wanted: Sequence[tuple[Path, ...]],
     download: bool,
     fetch: Callable[[], object],
+    root: Path | None = None,
 ) -> list[Path]:
     """Return one existing path per wanted file, downloading once if any is missing.
 
@@ -63,6 +68,9 @@ def require_files(
         wanted: per file, the paths it may have, in order of preference (e.g. raw, then .gz).
         download: whether `fetch` may be called when files are missing.
         fetch: downloads the files into place; any exception it raises means failure.
+        root: the data root, to name the files' layout under it in the error.
+
+    Directories the download creates are removed again if they are left empty.
 
     Raises:
         DataError: files are missing and `download` is false or the download failed.
@@ -72,16 +80,20 @@ def require_files(
         return found  # type: ignore[return-value]
     cause = None
     if download:
+        created = _absent_dirs(wanted)
         try:
             fetch()
         except Exception as e:  # offline, checksum mismatch, server down: all mean "no files"
             cause = _brief(e)
+        finally:  # a failed download leaves no empty folders behind (torchvision creates them first)
+            _remove_empty(created)
         found = _first_existing(wanted)
         if all(found):
             return found  # type: ignore[return-value]
         cause = cause or "download finished but the files are still missing"
-    missing = [_alternatives(alts) for alts, f in zip(wanted, found, strict=True) if f is None]
-    raise missing_files_error(dataset, split, missing, cause)
+    absent = [alts for alts, f in zip(wanted, found, strict=True) if f is None]
+    layout = [str(alts[0].relative_to(root)) for alts in absent] if root is not None else []
+    raise missing_files_error(dataset, split, [_alternatives(alts) for alts in absent], cause, layout)
 
 
 def read_bytes(path: Path) -> bytes:
@@ -99,6 +111,25 @@ def read_bytes(path: Path) -> bytes:
         return path.read_bytes()
     except (OSError, EOFError, ValueError, zlib.error) as e:  # BadGzipFile is an OSError
         raise corrupt_file_error(path, e) from e
+
+
+def _absent_dirs(wanted: Sequence[tuple[Path, ...]]) -> list[Path]:
+    """The wanted files' folders and their ancestors that do not exist yet, deepest first."""
+    absent = set()
+    for path in (p for alts in wanted for p in alts):
+        folder = path.parent
+        while folder != folder.parent and not folder.exists():
+            absent.add(folder)
+            folder = folder.parent
+    return sorted(absent, key=lambda d: len(d.parts), reverse=True)
+
+
+def _remove_empty(folders: Sequence[Path]) -> None:
+    for folder in folders:
+        try:
+            folder.rmdir()  # only if empty: whatever the download did write is kept
+        except OSError:
+            pass
 
 
 def _first_existing(wanted: Sequence[tuple[Path, ...]]) -> list[Path | None]:

@@ -42,7 +42,7 @@ class MNIST:
 
             datasets.MNIST(str(root), train=split == "train", download=True)
 
-        image_file, label_file = require_files("MNIST", split, wanted, download, fetch)
+        image_file, label_file = require_files("MNIST", split, wanted, download, fetch, root=Path(root))
         images = read_idx(image_file, ndim=3)
         labels = read_idx(label_file, ndim=1)
         if images.shape[1:] != _SHAPE[1:]:

@@ -41,7 +41,7 @@ class SVHN:
 
             datasets.SVHN(str(folder), split=split, download=True)
 
-        (path,) = require_files("SVHN", split, [(folder / _FILES[split],)], download, fetch)
+        (path,) = require_files("SVHN", split, [(folder / _FILES[split],)], download, fetch, root=Path(root))
         x, y = _read_mat(path)
         if x.ndim != 4 or x.shape[:3] != (32, 32, 3) or x.dtype != np.uint8:
             raise corrupt_file_error(path, f"X is {x.dtype} {x.shape}, not uint8 (32, 32, 3, N)")

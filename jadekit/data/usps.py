@@ -47,7 +47,7 @@ class USPS:
 
             datasets.USPS(str(folder), train=split == "train", download=True)
 
-        (path,) = require_files("USPS", split, [(folder / _FILES[split],)], download, fetch)
+        (path,) = require_files("USPS", split, [(folder / _FILES[split],)], download, fetch, root=Path(root))
         n_pixels = _SHAPE[1] * _SHAPE[2]
         try:
             labels, pixels = parse_libsvm(read_bytes(path), n_pixels)
