@@ -53,7 +53,8 @@ def load_split(name: str, adapter, params, cfg: DataConfig, split: Split, expect
     except Exception as e:  # a plugin bug must not surface as a traceback
         raise PluginError(
             f"dataset '{name}' failed to load its {split} split: {type(e).__name__}: {e}",
-            hint=f"fix or reinstall the plugin that provides '{name}' (`jadekit plugins check {name}`).",
+            hint=f"if a data file is damaged, replace it; else fix or reinstall the plugin that provides '{name}' "
+            f"(`jadekit plugins check {name}`; a plugin should raise DataError naming a bad file, docs/plugins.md).",
         ) from None
     if not isinstance(data, ImageSet):
         raise PluginError(
