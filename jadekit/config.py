@@ -301,6 +301,19 @@ def recipe_from_dict(data: dict[str, Any], source: str | None = None) -> Recipe:
         raise RecipeError(format_validation_error(e), source=source) from None
 
 
+def _flat(d: dict, prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        out |= _flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v}
+    return out
+
+
+def changed_keys(old: dict, new: dict) -> list[tuple[str, Any, Any]]:
+    """(dotted key, old value, new value) for every key two nested recipe dicts differ in, sorted by key."""
+    a, b = _flat(old), _flat(new)
+    return [(k, a.get(k), b.get(k)) for k in sorted(a.keys() | b.keys()) if a.get(k) != b.get(k)]
+
+
 def recipe_source(path: Path, overrides: list[str] | None = None) -> str:
     """How problems name a recipe: `recipes/x.toml`, or `recipes/x.toml with --set overrides` when some were given."""
     return f"{path} with --set overrides" if overrides else str(path)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 from dataclasses import dataclass
@@ -13,9 +14,18 @@ from torch import nn
 
 from jadekit import registry
 from jadekit.build import DOMAINS, Resolved, build_model, resolve
-from jadekit.config import METHODS, DataConfig, Method, apply_overrides, format_validation_error, load_recipe
+from jadekit.config import (
+    METHODS,
+    DataConfig,
+    Method,
+    apply_overrides,
+    changed_keys,
+    format_validation_error,
+    load_recipe,
+    recipe_to_dict,
+)
 from jadekit.data.base import ImageSet, Split
-from jadekit.data.prepare import load_split
+from jadekit.data.prepare import fingerprint, load_split
 from jadekit.engine.evaluate import predict_logits, to_float
 from jadekit.errors import DataError, RecipeError, RunDirError, first_line
 from jadekit.io import atomic_write_json, atomic_write_text, load_checkpoint
@@ -29,7 +39,13 @@ OWN = "recipe"  # dataset label of an evaluation on the recipe's own test splits
 
 @dataclass(frozen=True)
 class LoadedRun:
-    """A trained model rebuilt from its run directory (best validated weights, eval mode)."""
+    """A trained model rebuilt from its run directory (best validated weights, eval mode).
+
+    Attributes:
+        weights: which weights were loaded: `step` (of those weights), `selected` ("best validated" or "last"),
+            `trained_steps` (the checkpoint's step), `recipe_steps`, `finished` and `checkpoint_notes`
+            (problems met loading the checkpoint, e.g. a fallback to `checkpoint.pt.prev`).
+    """
 
     run_dir: Path
     method: Method
@@ -37,6 +53,7 @@ class LoadedRun:
     resolved: Resolved
     model: nn.Module
     device: torch.device
+    weights: dict
 
 
 def _run_identity(run_dir: Path) -> tuple[str | None, int | None]:
@@ -60,6 +77,11 @@ def find_runs(path: Path) -> list[Path]:
     return sorted(p.parent for p in Path(path).glob(f"*/seed-*/{RECIPE_FILE}"))
 
 
+def has_checkpoint(run_dir: Path) -> bool:
+    ckpt = Path(run_dir) / CHECKPOINT
+    return ckpt.exists() or ckpt.with_suffix(ckpt.suffix + ".prev").exists()
+
+
 def load_run(run_dir: Path, overrides: list[str] | None = None, device: torch.device | str = "cpu") -> LoadedRun:
     """Rebuild a run's model from recipe.toml and load its best weights from the checkpoint.
 
@@ -70,34 +92,83 @@ def load_run(run_dir: Path, overrides: list[str] | None = None, device: torch.de
     if not run_dir.is_dir():
         raise RunDirError(f"no such run directory: {run_dir}", hint="pass a `<output_dir>/<method>/seed-<n>` directory.")
     if not is_run_dir(run_dir):
-        raise RunDirError(f"{run_dir} is not a run directory (no {RECIPE_FILE})",
-                          hint="pass a `<output_dir>/<method>/seed-<n>` directory, or an output directory holding several.")
+        runs = find_runs(run_dir)
+        raise RunDirError(f"{run_dir} is not a run directory (no {RECIPE_FILE})"
+                          + (f" but an output directory of {len(runs)} runs" if runs else ""),
+                          hint=f"pass one of its runs, e.g. {runs[0]}." if runs else
+                          "pass a `<output_dir>/<method>/seed-<n>` directory (`jadekit eval` also takes an output directory).")
     resolved = resolve(load_recipe(run_dir / RECIPE_FILE, overrides), source=str(run_dir / RECIPE_FILE))
     method, seed = _run_identity(run_dir)
     if method not in METHODS:
         raise RunDirError(f"cannot tell which method {run_dir} trained (got {method!r})",
                           hint="keep the `<method>/seed-<n>` layout or the run's final.json.")
-    state, _ = load_checkpoint(run_dir / CHECKPOINT)
+    state, notes = load_checkpoint(run_dir / CHECKPOINT)
     model = build_model(method, resolved)
-    weights = (state.get("loop") or {}).get("best_model") or state.get("model")
+    loop = state.get("loop") or {}
+    weights = loop.get("best_model") or state.get("model")
     try:
-        model.load_state_dict(weights)
+        problem = state_mismatch(model, weights)
+        if problem is None:
+            model.load_state_dict(weights)
     except (RuntimeError, TypeError, AttributeError) as e:
-        raise RunDirError(f"checkpoint of {run_dir} does not fit its recipe's {method} model: {first_line(e)}",
-                          hint="the recipe.toml was edited after training (provenance.json names the jadekit and plugin "
-                               "versions that trained it); restore the recipe, or train again.") from None
+        problem = first_line(e)
+    if problem is not None:
+        raise RunDirError(f"checkpoint of {run_dir} does not fit its recipe's {method} model: {problem}",
+                          hint=mismatch_hint(state.get("recipe"), recipe_to_dict(resolved.recipe))) from None
+    steps, trained, best = resolved.recipe.train.steps, loop.get("step"), loop.get("best_model") is not None
+    info = {"step": loop.get("best_step") if best else trained, "selected": "best validated" if best else "last",
+            "trained_steps": trained, "recipe_steps": steps, "finished": isinstance(trained, int) and trained >= steps,
+            "checkpoint_notes": notes}
     device = torch.device(device)
-    return LoadedRun(run_dir, method, seed, resolved, model.to(device).eval(), device)
+    return LoadedRun(run_dir, method, seed, resolved, model.to(device).eval(), device, info)
+
+
+def _first(keys: list[str], n: int = 2) -> str:
+    return ", ".join(keys[:n]) + (", ..." if len(keys) > n else "")
+
+
+def state_mismatch(model: nn.Module, weights: object) -> str | None:
+    """Why `weights` cannot load into `model` (missing/unexpected keys, the first size mismatch), or None."""
+    if not isinstance(weights, dict):
+        return f"it holds no model weights (found {type(weights).__name__})"
+    own = model.state_dict()
+    missing = [k for k in own if k not in weights]
+    unexpected = [k for k in weights if k not in own]
+    sizes = [f"{k} is {tuple(weights[k].shape)} in the checkpoint, {tuple(v.shape)} in the model" for k, v in own.items()
+             if k in weights and tuple(getattr(weights[k], "shape", ())) != tuple(v.shape)]
+    parts = [f"{len(keys)} {what} key(s) ({_first(keys)})" for what, keys in (("missing", missing), ("unexpected", unexpected))
+             if keys]
+    if sizes:
+        parts.append(f"{len(sizes)} size mismatch(es), first: {sizes[0]}")
+    return "; ".join(parts) or None
+
+
+def mismatch_hint(trained: object, now: dict) -> str:
+    """The fix for weights that do not fit: name the model/data settings the checkpoint's own recipe differs in."""
+    causes = ("the checkpoint comes from another recipe or run directory, or recipe.toml was edited (or overridden "
+              "with --set) after training")
+    fix = "put the run's own recipe.toml and checkpoint.pt together, or train again."
+    if not isinstance(trained, dict):
+        return f"{causes}; {fix}"
+    changes = [c for c in changed_keys(trained, now)
+               if c[0].split(".")[0] in ("model", *DOMAINS) and not c[0].endswith((".root", ".download"))]
+    if not changes:
+        return f"{causes} (provenance.json names the jadekit and plugin versions that trained it); {fix}"
+    shown = ", ".join(f"{k} {json.dumps(a, default=str)} in the checkpoint, {json.dumps(b, default=str)} now"
+                      for k, a, b in changes[:2])
+    return f"{causes}: {shown}{' and more' if len(changes) > 2 else ''}; {fix}"
 
 
 @dataclass(frozen=True)
 class EvalSet:
-    """Held-out images and the encoder (domain) they go through."""
+    """Held-out images, the encoder (domain) they go through, and where they came from."""
 
     dataset: str
     split: str
     domain: str
     data: ImageSet
+    params: BaseModel
+    cfg: DataConfig
 
 
 def own_test_sets(run: LoadedRun) -> list[EvalSet]:
@@ -107,7 +178,7 @@ def own_test_sets(run: LoadedRun) -> list[EvalSet]:
     for d in domains:
         spec, cfg = getattr(run.resolved, d), getattr(run.resolved.recipe, d)
         data = load_split(spec.name, spec.adapter, spec.params, cfg, "test", spec.info.image_shape)
-        sets.append(EvalSet(spec.name, "test", d, data))
+        sets.append(EvalSet(spec.name, "test", d, data, spec.params, cfg))
     return sets
 
 
@@ -142,13 +213,25 @@ def external_set(run: LoadedRun, name: str, root: Path | None = None, split: Spl
     want = getattr(run.resolved, domain).info.image_shape
     have = info.image_shape
     if have[0] != want[0]:
+        converts = "channels" in getattr(adapter.Params, "model_fields", {})
         raise DataError(f"dataset '{name}' has {have[0]}-channel images {have}, but the {domain} encoder takes {want}; "
-                        "channels cannot be adapted")
+                        "channels cannot be adapted",
+                        hint=f"pass --param channels={want[0]} to have '{name}' convert its images." if converts else
+                        f"evaluate on {want[0]}-channel data, or evaluate a run trained on {have[0]}-channel images.")
     if have != want and not resize:
         raise DataError(f"dataset '{name}' has images of shape {have}, but the {domain} encoder was trained on {want}",
                         hint=f"pass --resize to resize them to {want[1]}x{want[2]} (bilinear, antialiased).")
     cfg = DataConfig(dataset=name, root=root, download=False, resize=want[1:] if have != want else None)
-    return EvalSet(name, split, domain, load_split(name, adapter, p, cfg, split, want))
+    return EvalSet(name, split, domain, load_split(name, adapter, p, cfg, split, want), p, cfg)
+
+
+def data_record(s: EvalSet) -> dict:
+    """What was evaluated: dataset, split, its params, data root, resize and the fingerprint of the files read."""
+    files = fingerprint(tuple(dict.fromkeys(s.data.files)))
+    digest = hashlib.sha256("".join(sorted(f["sha256"] for f in files.values())).encode()).hexdigest()[:16]
+    return {"dataset": s.dataset, "split": s.split, "params": s.params.model_dump(mode="json"),
+            "root": str(s.cfg.data_root().resolve()), "resize": list(s.cfg.resize) if s.cfg.resize else None,
+            "fingerprint": digest if files else None, "files": files}
 
 
 @torch.inference_mode()
@@ -169,33 +252,43 @@ def elbo_terms(run: LoadedRun, images: torch.Tensor, labels: torch.Tensor, domai
 
 
 def evaluate_set(run: LoadedRun, s: EvalSet) -> dict:
-    """Every metric of `jadekit.metrics` (and the ELBO terms for jade) on one set."""
+    """Every metric of `jadekit.metrics` (and the ELBO terms for jade) on one set, with what the set was."""
     logits = predict_logits(run.model, s.data.images.to(run.device), s.domain)  # type: ignore[arg-type]
-    result = {"dataset": s.dataset, "split": s.split, "domain": s.domain,
+    result = {"dataset": s.dataset, "split": s.split, "domain": s.domain, "data": data_record(s),
               **classification_report(logits.cpu(), s.data.labels, run.resolved.class_names)}
     if run.method == "jade":
         result["elbo"] = elbo_terms(run, s.data.images, s.data.labels, s.domain)
     return result
 
 
-def unused_path(directory: Path, stem: str, suffix: str = ".json") -> Path:
-    """`<stem><suffix>`, else `<stem>-2<suffix>`, `-3`, ...: never an existing file."""
-    path, n = directory / f"{stem}{suffix}", 2
-    while path.exists():
-        path, n = directory / f"{stem}-{n}{suffix}", n + 1
-    return path
+def free_suffix(paths: list[Path]) -> str:
+    """"" when none of `paths` exists, else the first "-N" (N >= 2) that names no existing file for any of them."""
+    suffix, n = "", 2
+    while any(p.with_name(f"{p.stem}{suffix}{p.suffix}").exists() for p in paths):
+        suffix, n = f"-{n}", n + 1
+    return suffix
+
+
+def score_run(run: LoadedRun, dataset: str | None = None, root: Path | None = None, split: Split = "test",
+              domain: str = "primary", resize: bool = False, params: list[str] | None = None) -> dict:
+    """The evaluation record of a loaded run: its own test splits, or a split of `dataset`."""
+    sets = own_test_sets(run) if dataset is None else [external_set(run, dataset, root, split, domain, resize, params)]
+    return {"run_dir": str(run.run_dir), "experiment": run.resolved.recipe.experiment.name, "method": run.method,
+            "seed": run.seed, "weights": run.weights, "results": [evaluate_set(run, s) for s in sets]}
+
+
+def _record_path(run_dir: Path, dataset: str | None, split: str, suffix: str = ".json") -> Path:
+    return Path(run_dir) / f"eval-{dataset or OWN}-{split}{suffix}"
 
 
 def evaluate_run(run_dir: Path, dataset: str | None = None, root: Path | None = None, split: Split = "test",
                  domain: str = "primary", resize: bool = False, overrides: list[str] | None = None,
                  params: list[str] | None = None, device: torch.device | str = "cpu", write: bool = True) -> dict:
     """Evaluate one run directory and write `eval-<dataset>-<split>[-N].json` into it."""
-    run = load_run(run_dir, overrides, device)
-    sets = own_test_sets(run) if dataset is None else [external_set(run, dataset, root, split, domain, resize, params)]
-    record = {"run_dir": str(run.run_dir), "experiment": run.resolved.recipe.experiment.name, "method": run.method, "seed": run.seed,
-              "results": [evaluate_set(run, s) for s in sets]}
+    record = score_run(load_run(run_dir, overrides, device), dataset, root, split, domain, resize, params)
     if write:
-        path = unused_path(run.run_dir, f"eval-{dataset or OWN}-{split}")
+        path = _record_path(run_dir, dataset, split)
+        path = path.with_name(f"{path.stem}{free_suffix([path])}.json")
         atomic_write_json(path, safe_json(record))
         record["written_to"] = str(path)
     return record
@@ -220,30 +313,91 @@ def aggregate(records: list[dict]) -> dict:
     return {"rows": summarize(finals), "differences": seed_differences(finals), "metrics": detail}
 
 
-def evaluate_output_dir(out_dir: Path, title: str | None = None, **kwargs) -> dict:
-    """Evaluate every run under an output directory and write the aggregated Table 1 next to them."""
+def run_label(run_dir: str | Path) -> str:
+    """`<method>/seed-<n>` of a run directory."""
+    return f"{Path(run_dir).parent.name}/{Path(run_dir).name}"
+
+
+def progress_note(w: dict) -> str:
+    """`jade/seed-1 (step 22 of 400)` of an unfinished run's entry."""
+    return f"{run_label(w['run_dir'])} (step {w['trained_steps']} of {w['recipe_steps']})"
+
+
+def describe_data(d: dict) -> str:
+    """One line of a summary's header: what an evaluation's data was."""
+    resize = f"{d['resize'][0]}x{d['resize'][1]}" if d["resize"] else "none"
+    return (f"{d['dataset']} {d['split']} split, params {json.dumps(d['params'])}, root {d['root']}, resize {resize}, "
+            f"data fingerprint {d['fingerprint'] or 'unavailable (the dataset lists no files)'}")
+
+
+def distinct_data(records: list[dict]) -> list[dict]:
+    """The different data records (`data_record`) of a list of evaluations, in order."""
+    return list({json.dumps(x["data"], sort_keys=True): x["data"] for r in records for x in r["results"]}.values())
+
+
+def _header(records: list[dict], unfinished: list[dict], included: bool) -> list[str]:
+    """The summary's lines under its title: the data evaluated and the unfinished runs."""
+    lines = [f"- data: {describe_data(d)}" for d in distinct_data(records)]
+    if unfinished:
+        what = "includes" if included else "leaves out"
+        lines.append(f"- {what} unfinished runs: {', '.join(progress_note(w) for w in unfinished)}")
+    return lines
+
+
+def evaluate_output_dir(out_dir: Path, title: str | None = None, include_unfinished: bool = False,
+                        overrides: list[str] | None = None, device: torch.device | str = "cpu", **data) -> dict:
+    """Evaluate every run under an output directory and write the aggregated Table 1 next to them.
+
+    Unfinished runs (checkpoint step below the recipe's steps, or no checkpoint yet) are left out
+    unless `include_unfinished` (runs without a checkpoint always are); the summary names them.
+    Every run is evaluated before anything is written; the per-run files and the summary share one suffix.
+    """
     out_dir = Path(out_dir)
     runs = find_runs(out_dir)
     if not runs:
         raise RunDirError(f"{out_dir} holds no run directories (`<method>/seed-<n>/{RECIPE_FILE}`)",
                           hint="pass a run directory or the experiment's output_dir.")
-    records = [evaluate_run(r, **kwargs) for r in runs]
+    records, unfinished = [], []
+    for d in runs:
+        if not has_checkpoint(d):
+            steps = load_recipe(d / RECIPE_FILE, overrides).train.steps
+            unfinished.append({"run_dir": str(d), "trained_steps": 0, "recipe_steps": steps, "included": False})
+            continue
+        run = load_run(d, overrides, device)
+        if not run.weights["finished"]:
+            unfinished.append({"run_dir": str(d), **run.weights, "included": include_unfinished})
+            if not include_unfinished:
+                continue
+        records.append(score_run(run, **data))
+    if not records:
+        raise RunDirError(f"every run under {out_dir} is unfinished: {', '.join(progress_note(w) for w in unfinished)}",
+                          hint="finish them with `jadekit run RECIPE --resume`, or pass --include-unfinished "
+                               "(runs without a checkpoint have nothing to evaluate).")
+    dataset, split = data.get("dataset"), data.get("split", "test")
+    md_path = _record_path(out_dir, f"summary-{dataset or OWN}", split, ".md")
+    json_paths = [_record_path(r["run_dir"], dataset, split) for r in records]
+    suffix = free_suffix([md_path, md_path.with_suffix(".json"), *json_paths])
+    for r, path in zip(records, json_paths, strict=True):
+        r["written_to"] = str(path.with_name(f"{path.stem}{suffix}.json"))
     agg = aggregate(records)
-    stem = f"eval-summary-{kwargs.get('dataset') or OWN}-{kwargs.get('split', 'test')}"
-    md_path = unused_path(out_dir, stem, ".md")
     markdown = to_markdown(agg["rows"], title or records[0]["experiment"], agg["differences"])
+    title_line, rest = markdown.split("\n", 1)
+    markdown = "\n".join([title_line, "", *_header(records, unfinished, include_unfinished), rest])
+    md_path = md_path.with_name(f"{md_path.stem}{suffix}.md")
+    summary = {"runs": [r["run_dir"] for r in records], "run_files": [r["written_to"] for r in records],
+               "data": distinct_data(records), "unfinished": unfinished, **agg, "markdown": markdown}
+    for r in records:
+        atomic_write_json(Path(r["written_to"]), safe_json({k: v for k, v in r.items() if k != "written_to"}))
     atomic_write_text(md_path, markdown)
-    json_path = md_path.with_suffix(".json")
-    summary = {"runs": [r["run_dir"] for r in records], **agg, "markdown": markdown}
-    atomic_write_json(json_path, safe_json(summary))
-    return {**summary, "records": records, "written_to": [str(md_path), str(json_path)]}
+    atomic_write_json(md_path.with_suffix(".json"), safe_json(summary))
+    return {**summary, "records": records, "written_to": [str(md_path), str(md_path.with_suffix(".json"))]}
 
 
-def evaluate_path(path: Path, **kwargs) -> dict:
+def evaluate_path(path: Path, include_unfinished: bool = False, **kwargs) -> dict:
     """A run directory → its evaluation; an output directory → every run's plus the summary."""
     path = Path(path)
     if path.is_dir() and not is_run_dir(path) and find_runs(path):
-        return {"kind": "summary", **evaluate_output_dir(path, **kwargs)}
+        return {"kind": "summary", **evaluate_output_dir(path, include_unfinished=include_unfinished, **kwargs)}
     return {"kind": "run", **evaluate_run(path, **kwargs)}
 
 
@@ -256,4 +410,3 @@ def safe_json(obj):
     if isinstance(obj, list | tuple):
         return [safe_json(v) for v in obj]
     return obj
-

@@ -14,7 +14,7 @@ import tomli_w
 import torch
 
 from jadekit.build import DOMAINS, Resolved, parameter_counts
-from jadekit.config import Method, Recipe, recipe_to_dict
+from jadekit.config import Method, Recipe, changed_keys, recipe_to_dict
 from jadekit.data.base import ImageSet
 from jadekit.data.prepare import DomainData, fingerprint, load_split, prepare_domain
 from jadekit.engine.evaluate import classification_metrics, predict_logits
@@ -76,19 +76,11 @@ def recipe_fingerprint(recipe: Recipe) -> str:
     return hashlib.sha256(json.dumps(_identity(recipe), sort_keys=True).encode()).hexdigest()[:16]
 
 
-def _flat(d: dict, prefix: str = "") -> dict[str, object]:
-    out: dict[str, object] = {}
-    for k, v in d.items():
-        out |= _flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v}
-    return out
-
-
 def recipe_changes(old: dict, new: dict, limit: int = 4) -> str:
     """'train.steps 400 -> 30, ...': the keys two recipe identities differ in (first `limit`)."""
-    a, b = _flat(old), _flat(new)
-    keys = sorted(k for k in a.keys() | b.keys() if a.get(k) != b.get(k))
-    shown = [f"{k} {json.dumps(a.get(k))} -> {json.dumps(b.get(k))}" for k in keys[:limit]]
-    return ", ".join(shown) + (f" and {len(keys) - limit} more" if len(keys) > limit else "")
+    changes = changed_keys(old, new)
+    shown = [f"{k} {json.dumps(a)} -> {json.dumps(b)}" for k, a, b in changes[:limit]]
+    return ", ".join(shown) + (f" and {len(changes) - limit} more" if len(changes) > limit else "")
 
 
 class DataCache:

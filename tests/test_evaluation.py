@@ -7,6 +7,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+from pydantic import BaseModel
 from typer.testing import CliRunner
 
 from jadekit import registry
@@ -84,6 +85,23 @@ def test_channel_mismatch_is_a_clear_error(trained):
     result = runner.invoke(app, ["eval", str(trained / "single" / "seed-0"), "--dataset", "svhn", "--resize"])
     assert result.exit_code == 2
     assert "3-channel" in result.output and "channels cannot be adapted" in result.output
+    assert "fix: evaluate on 1-channel data" in result.output
+
+
+def test_channel_mismatch_suggests_the_datasets_own_conversion(trained, monkeypatch):
+    class Colour(BaseModel):
+        channels: int = 3
+
+    class Photos:
+        Params = Colour
+
+        def info(self, params):
+            return DatasetInfo(tuple(str(d) for d in range(10)), (params.channels, 16, 16))
+
+    real_load = registry.datasets.load
+    monkeypatch.setattr(registry.datasets, "load", lambda name: Photos() if name == "photos" else real_load(name))
+    result = runner.invoke(app, ["eval", str(trained / "single" / "seed-0"), "--dataset", "photos"])
+    assert result.exit_code == 2 and "fix: pass --param channels=1" in result.output
 
 
 def test_class_mismatch_is_a_clear_error(trained, monkeypatch):
@@ -125,6 +143,120 @@ def test_recipe_edited_after_training(trained, tmp_path):
     shutil.copytree(trained / "single" / "seed-0", run)
     result = runner.invoke(app, ["eval", str(run), "--set", "model.classifier_hidden=[64]"])
     assert result.exit_code == 2 and "does not fit" in result.output
+    assert "size mismatch" in result.output and "(32, " in result.output and "(64, " in result.output
+    assert "model.classifier_hidden [32] in the checkpoint, [64] now" in result.output
+    assert "another recipe or run directory" in result.output and "Traceback" not in result.output
+
+
+def test_checkpoint_of_another_method_names_its_keys(trained, tmp_path):
+    run = tmp_path / "single" / "seed-0"
+    shutil.copytree(trained / "single" / "seed-0", run)
+    for name in ("checkpoint.pt", "checkpoint.pt.prev"):
+        shutil.copy(trained / "paired" / "seed-0" / name, run / name)
+    result = runner.invoke(app, ["eval", str(run), "--device", "cpu"])
+    assert result.exit_code == 2
+    assert "unexpected key(s) (auxiliary_encoder." in result.output and "another recipe or run directory" in result.output
+
+
+def copy_runs(trained: Path, to: Path) -> Path:
+    """A copy of the trained output directory without its evaluations."""
+    shutil.copytree(trained, to, ignore=shutil.ignore_patterns("eval-*"))
+    return to
+
+
+def make_unfinished(run: Path, steps: int = 400) -> None:
+    """A run stopped early: its recipe asks for more steps than its checkpoint holds, and it has no final.json."""
+    recipe = run / "recipe.toml"
+    recipe.write_text(recipe.read_text().replace("\nsteps = 10\n", f"\nsteps = {steps}\n"))
+    (run / "final.json").unlink()
+
+
+def test_eval_records_the_weights_scored(trained):
+    out = eval_json(str(trained / "jade" / "seed-0"))
+    assert out["weights"] == {"step": 10, "selected": "best validated", "trained_steps": 10, "recipe_steps": 10,
+                              "finished": True, "checkpoint_notes": []}
+    assert json.loads(Path(out["written_to"]).read_text())["weights"]["step"] == 10
+
+
+def test_unfinished_runs_are_left_out_of_table_1(trained, tmp_path):
+    runs = copy_runs(trained, tmp_path / "runs")
+    make_unfinished(runs / "jade" / "seed-0")
+    result = runner.invoke(app, ["eval", str(runs), "--json", "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    assert "warning: unfinished runs left out of Table 1: jade/seed-0 (step 10 of 400)" in result.stderr
+    out = json.loads(result.stdout)
+    assert [r["method"] for r in out["rows"]] == ["single", "paired"]
+    assert out["unfinished"][0]["run_dir"] == str(runs / "jade" / "seed-0") and not out["unfinished"][0]["included"]
+    assert "leaves out unfinished runs: jade/seed-0 (step 10 of 400)" in out["markdown"]
+    assert not list((runs / "jade" / "seed-0").glob("eval-*"))
+
+    out = eval_json(str(runs), "--include-unfinished")
+    assert [r["method"] for r in out["rows"]] == ["single", "paired", "jade"]
+    assert "includes unfinished runs: jade/seed-0 (step 10 of 400)" in out["markdown"]
+    jade = next(r for r in out["records"] if r["method"] == "jade")
+    assert jade["weights"]["finished"] is False and jade["weights"]["recipe_steps"] == 400
+
+
+def test_run_without_checkpoint_is_left_out_and_all_unfinished_is_an_error(trained, tmp_path):
+    runs = copy_runs(trained, tmp_path / "runs")
+    for name in ("checkpoint.pt", "checkpoint.pt.prev"):
+        (runs / "single" / "seed-0" / name).unlink()
+    out = eval_json(str(runs), "--include-unfinished")
+    assert [r["method"] for r in out["rows"]] == ["paired", "jade"]
+    assert out["unfinished"] == [{"run_dir": str(runs / "single" / "seed-0"), "trained_steps": 0, "recipe_steps": 10,
+                                  "included": False}]
+    for method in ("paired", "jade"):
+        make_unfinished(runs / method / "seed-0")
+    result = runner.invoke(app, ["eval", str(runs), "--device", "cpu"])
+    assert result.exit_code == 2 and "every run under" in result.output and "--include-unfinished" in result.output
+
+
+def test_unfinished_single_run_is_scored_with_a_warning(trained, tmp_path):
+    run = tmp_path / "jade" / "seed-0"
+    shutil.copytree(trained / "jade" / "seed-0", run)
+    make_unfinished(run)
+    result = runner.invoke(app, ["eval", str(run), "--json", "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    assert "jade/seed-0 is unfinished: weights of step 10 (best validated)" in result.stderr
+    assert json.loads(result.stdout)["weights"]["finished"] is False
+
+
+def test_held_out_records_say_what_data_was_used(trained, bar_data_root, tmp_path):
+    runs = copy_runs(trained, tmp_path / "runs")
+    root = str(bar_data_root)
+    eval_json(str(runs / "single" / "seed-0"), "--dataset", "mnist", "--root", root, "--resize")  # eval-mnist-test.json
+    out = eval_json(str(runs), "--dataset", "mnist", "--root", root, "--resize")
+    names = [Path(p).name for p in out["written_to"]]
+    assert names == ["eval-summary-mnist-test-2.md", "eval-summary-mnist-test-2.json"]
+    assert [Path(r["written_to"]).name for r in out["records"]] == ["eval-mnist-test-2.json"] * 3
+    assert out["run_files"] == [r["written_to"] for r in out["records"]]
+    data = json.loads(Path(out["records"][0]["written_to"]).read_text())["results"][0]["data"]
+    assert data["dataset"] == "mnist" and data["split"] == "test" and data["params"] == {}
+    assert data["root"] == str(bar_data_root.resolve()) and data["resize"] == [16, 16]
+    assert len(data["fingerprint"]) == 16 and len(data["files"]) == 2
+    assert out["data"] == [data]
+    assert f"- data: mnist test split, params {{}}, root {data['root']}, resize 16x16, data fingerprint " in out["markdown"]
+
+
+def test_nothing_is_written_when_one_run_fails(trained, tmp_path):
+    runs = copy_runs(trained, tmp_path / "runs")
+    for name in ("checkpoint.pt", "checkpoint.pt.prev"):  # single/seed-0 is evaluated last
+        shutil.copy(runs / "paired" / "seed-0" / name, runs / "single" / "seed-0" / name)
+    result = runner.invoke(app, ["eval", str(runs), "--device", "cpu"])
+    assert result.exit_code == 2 and "does not fit" in result.output
+    assert not list(runs.rglob("eval-*"))
+
+
+def test_bad_split_and_device_say_how_to_fix_them(trained, monkeypatch):
+    run = str(trained / "single" / "seed-0")
+    result = runner.invoke(app, ["eval", run, "--dataset", "mnist", "--split", "val"])
+    assert result.exit_code == 2 and "fix: use --split test" in result.output and "indices.json" in result.output
+    monkeypatch.setattr("torch.cuda.is_available", lambda: False)
+    result = runner.invoke(app, ["eval", run, "--device", "cuda"])
+    assert result.exit_code == 2 and "--device 'cuda': CUDA is not available" in result.output
+    assert "fix: use --device auto" in result.output and "train.device" not in result.output
+    result = runner.invoke(app, ["eval", run, "--device", "gpu"])
+    assert result.exit_code == 2 and "unknown device" in result.output and "Traceback" not in result.output
 
 
 def test_dataset_params_are_validated_by_the_adapter(trained):

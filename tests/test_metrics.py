@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from jadekit import metrics
-from jadekit.evaluation import unused_path
+from jadekit.evaluation import free_suffix
 from jadekit.report.latents import linear_probe, normalised, pca2
 
 LABELS = torch.tensor([0, 0, 1, 1, 2])
@@ -97,11 +97,11 @@ def test_normalised_has_unit_std():
     assert n.std(0) == pytest.approx(torch.ones(4), abs=1e-5)
 
 
-def test_unused_path_never_overwrites(tmp_path):
-    first = unused_path(tmp_path, "eval-usps-test")
-    assert first.name == "eval-usps-test.json"
-    first.write_text("{}")
-    second = unused_path(tmp_path, "eval-usps-test")
-    assert second.name == "eval-usps-test-2.json"
-    second.write_text("{}")
-    assert unused_path(tmp_path, "eval-usps-test").name == "eval-usps-test-3.json"
+def test_free_suffix_never_overwrites_any_of_the_files_it_names(tmp_path):
+    paths = [tmp_path / "eval-summary-usps-test.md", tmp_path / "run" / "eval-usps-test.json"]
+    (tmp_path / "run").mkdir()
+    assert free_suffix(paths) == ""
+    paths[0].write_text("x")
+    assert free_suffix(paths) == "-2"
+    (tmp_path / "run" / "eval-usps-test-2.json").write_text("{}")  # taken for one file: taken for all
+    assert free_suffix(paths) == "-3"

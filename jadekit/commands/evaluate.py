@@ -5,12 +5,17 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import TYPE_CHECKING, Annotated, Literal
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
+if TYPE_CHECKING:
+    import torch
+
 RunArg = Annotated[Path, typer.Argument(help="A run directory (<output_dir>/<method>/seed-<n>), or an output directory.")]
+OneRunArg = Annotated[Path, typer.Argument(help="A run directory (<output_dir>/<method>/seed-<n>).")]
 DeviceOpt = Annotated[str, typer.Option(help="auto (CUDA, else MPS, else CPU), cpu, cuda, cuda:N or mps.")]
 
 
@@ -40,6 +45,32 @@ def _print_result(r: dict, title: str) -> None:
     out.print(cm)
 
 
+def _device(name: str) -> torch.device:
+    """`--device NAME` as a torch device: unknown or unavailable devices are a JadekitError naming --device."""
+    from jadekit.errors import JadekitError
+    from jadekit.runner import pick_device
+
+    base, colon, index = name.partition(":")
+    if base not in ("auto", "cpu", "cuda", "mps") or (colon and not (base == "cuda" and index.isdigit())):
+        raise JadekitError(f"--device {name!r}: unknown device", hint="use --device auto, cpu, cuda, cuda:N or mps.")
+    try:
+        return pick_device(name)
+    except JadekitError:
+        raise JadekitError(f"--device {name!r}: {'CUDA' if base == 'cuda' else 'MPS'} is not available on this machine",
+                           hint="use --device auto (CUDA, else MPS, else CPU) or --device cpu.") from None
+
+
+def _warn(message: str) -> None:
+    from jadekit.cli import err
+
+    err.print(f"[yellow]warning:[/] {escape(message)}", highlight=False, soft_wrap=True)
+
+
+def _weights_line(w: dict) -> str:
+    done = "" if w["finished"] else f"; unfinished: trained {w['trained_steps']} of {w['recipe_steps']} steps"
+    return f"weights of step {w['step']} ({w['selected']}){done}"
+
+
 def evaluate(
     run_dir: RunArg,
     dataset: Annotated[str | None, typer.Option(help="Evaluate on this registered dataset instead of the run's test splits.")] = None,
@@ -49,45 +80,61 @@ def evaluate(
     resize: Annotated[bool, typer.Option("--resize", help="Resize --dataset images to the encoder's input size.")] = False,
     param: Annotated[list[str] | None, typer.Option("--param", help="Parameter of --dataset, e.g. path=scans (repeatable).")] = None,
     set_: Annotated[list[str] | None, typer.Option("--set", help="Override a value of the run's recipe (repeatable).")] = None,
+    include_unfinished: Annotated[bool, typer.Option(
+        "--include-unfinished", help="Aggregate unfinished runs of an output directory too (left out by default).")] = False,
     device: DeviceOpt = "auto",
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """Evaluate a trained run (or every run of an output directory, aggregated into Table 1)."""
     from jadekit.cli import out, user_errors
     from jadekit.errors import JadekitError
-    from jadekit.evaluation import evaluate_path, safe_json
-    from jadekit.runner import pick_device
+    from jadekit.evaluation import describe_data, evaluate_path, progress_note, run_label, safe_json
 
     with user_errors():
         if split not in ("train", "test"):
-            raise JadekitError(f"--split {split!r}: expected train or test")
+            raise JadekitError(f"--split {split!r}: datasets have a train and a test split",
+                               hint="use --split test (held-out images) or --split train; a run's validation images "
+                                    "are drawn from its train split (their indices are in the run's indices.json).")
         if domain not in ("primary", "auxiliary"):
-            raise JadekitError(f"--domain {domain!r}: expected primary or auxiliary")
+            raise JadekitError(f"--domain {domain!r}: expected primary or auxiliary", hint="use --domain primary or "
+                               "--domain auxiliary (the auxiliary encoder exists in paired and jade runs only).")
         if dataset is None and (root is not None or resize or split != "test" or param):
             raise JadekitError("--root, --resize, --split and --param apply to --dataset only",
                                hint="add --dataset NAME, or use --set primary.root=... for the run's own data.")
         s: Literal["train", "test"] = split  # type: ignore[assignment]
         result = evaluate_path(run_dir, dataset=dataset, root=root, split=s, domain=domain, resize=resize,
-                               overrides=set_, params=param, device=pick_device(device))
+                               overrides=set_, params=param, device=_device(device), include_unfinished=include_unfinished)
+    records = result["records"] if result["kind"] == "summary" else [result]
+    for rec in records:
+        if not rec["weights"]["finished"] and result["kind"] == "run":
+            _warn(f"{run_label(rec['run_dir'])} is unfinished: {_weights_line(rec['weights'])}")
+        for note in rec["weights"]["checkpoint_notes"]:
+            _warn(f"{run_label(rec['run_dir'])}: {note}")
+    if result["kind"] == "summary" and result["unfinished"]:
+        what = "included in" if include_unfinished else "left out of"
+        _warn(f"unfinished runs {what} Table 1: {', '.join(progress_note(w) for w in result['unfinished'])}"
+              + ("" if include_unfinished else " (pass --include-unfinished to aggregate them)"))
     if as_json:
         print(json.dumps(safe_json(result), indent=2))
         return
-    records = result["records"] if result["kind"] == "summary" else [result]
     if result["kind"] == "run":
         for r in result["results"]:
             _print_result(r, f"{result['method']} seed {result['seed']}")
-        out.print(f"written to {result['written_to']}", highlight=False)
+            out.print(f"data: {describe_data(r['data'])}", highlight=False, soft_wrap=True)
+        out.print(f"{_weights_line(result['weights'])}; written to {result['written_to']}", highlight=False)
         return
     for rec in records:
         for r in rec["results"]:
             out.print(f"{rec['method']} seed {rec['seed']} {r['dataset']} ({r['domain']}): error {_num(r['error'], 2)}%, "
-                      f"macro-F1 {_num(r['macro_f1'], 3)}, ECE {_num(r['ece'], 3)}", highlight=False)
+                      f"macro-F1 {_num(r['macro_f1'], 3)}, ECE {_num(r['ece'], 3)}, {_weights_line(rec['weights'])}",
+                      highlight=False)
     out.print(result["markdown"], highlight=False)
-    out.print(f"written to {', '.join(result['written_to'])}", highlight=False)
+    out.print(f"written to {', '.join(result['written_to'])} and each run's {Path(records[0]['written_to']).name}",
+              highlight=False)
 
 
 def report(
-    run_dir: RunArg,
+    run_dir: OneRunArg,
     out_dir: Annotated[Path | None, typer.Option("--out", help="Where to write the report; default RUN_DIR/report.")] = None,
     samples: Annotated[int, typer.Option(min=20, help="Test images per dataset used for latents, probes and PCA.")] = 1000,
     device: DeviceOpt = "auto",
@@ -95,10 +142,9 @@ def report(
     """Write a report (Markdown + PNGs + one self-contained HTML) of what a run learned."""
     from jadekit.cli import out, user_errors
     from jadekit.report import build_report
-    from jadekit.runner import pick_device
 
     with user_errors():
-        rep = build_report(run_dir, out_dir, device=pick_device(device), max_samples=samples)
+        rep = build_report(run_dir, out_dir, device=_device(device), max_samples=samples)
     for name, p in rep.probes.items():
         out.print(f"probe {name}: {p['accuracy']:.3f} (chance {p['chance']:.3f})", highlight=False)
     out.print(f"{len(rep.figures)} figures; written to {rep.html} and {rep.markdown}", highlight=False)
