@@ -60,3 +60,22 @@ def test_report_default_goes_into_the_run_dir(trained):
 def test_report_of_missing_run_dir(tmp_path):
     result = runner.invoke(app, ["report", str(tmp_path / "missing")])
     assert result.exit_code == 2 and "no such run directory" in result.output
+
+
+def test_report_of_an_unfinished_run_says_so(trained, tmp_path):
+    import shutil
+
+    run = tmp_path / "jade" / "seed-0"
+    shutil.copytree(trained / "jade" / "seed-0", run)
+    recipe = run / "recipe.toml"
+    steps = int(next(line for line in recipe.read_text().splitlines() if line.startswith("steps")).split("=")[1])
+    recipe.write_text(recipe.read_text().replace(f"steps = {steps}\n", f"steps = {steps * 10}\n"))  # as if stopped early
+    result = runner.invoke(app, ["report", str(run), "--samples", "40", "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    assert f"unfinished: trained {steps} of {steps * 10} steps" in " ".join(result.output.split())
+    assert f"Unfinished run: trained {steps} of {steps * 10} steps" in (run / "report" / "report.md").read_text()
+
+
+def test_report_of_an_output_dir_names_one_of_its_runs(trained):
+    result = runner.invoke(app, ["report", str(trained)])
+    assert result.exit_code == 2 and "output directory of 2 runs" in result.output and "pass one of its runs" in result.output

@@ -141,10 +141,13 @@ def report(
 ) -> None:
     """Write a report (Markdown + PNGs + one self-contained HTML) of what a run learned."""
     from jadekit.cli import out, user_errors
+    from jadekit.evaluation import run_label
     from jadekit.report import build_report
 
     with user_errors():
         rep = build_report(run_dir, out_dir, device=_device(device), max_samples=samples)
+    if not rep.weights["finished"]:
+        _warn(f"{run_label(run_dir)} is unfinished: {_weights_line(rep.weights)}")
     for name, p in rep.probes.items():
         out.print(f"probe {name}: {p['accuracy']:.3f} (chance {p['chance']:.3f})", highlight=False)
     out.print(f"{len(rep.figures)} figures; written to {rep.html} and {rep.markdown}", highlight=False)

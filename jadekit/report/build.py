@@ -19,9 +19,10 @@ from jadekit.report.latents import decode, encode, linear_probe, normalised, pca
 
 @dataclass
 class Report:
-    """What was written: figure name → PNG path, probe scores, the text files."""
+    """What was written: figure name → PNG path, probe scores, the text files, and which weights (`LoadedRun.weights`)."""
 
     out_dir: Path
+    weights: dict = field(default_factory=dict)
     figures: dict[str, Path] = field(default_factory=dict)
     captions: dict[str, str] = field(default_factory=dict)
     probes: dict[str, dict[str, float]] = field(default_factory=dict)
@@ -40,7 +41,7 @@ def build_report(run_dir: Path, out_dir: Path | None = None, device: str | torch
     run = load_run(run_dir, device=device)
     out = Path(out_dir) if out_dir else run.run_dir / "report"
     out.mkdir(parents=True, exist_ok=True)
-    rep = Report(out)
+    rep = Report(out, run.weights)
     records = list(read_jsonl(run.run_dir / "metrics.jsonl"))
     if records:
         rep.figures["curves"] = figures.training_curves(records, out / "curves.png")
@@ -159,6 +160,9 @@ def _write(rep: Report, run: LoadedRun) -> None:
     title = f"jadekit report: {run.resolved.recipe.experiment.name} / {run.method} / seed {run.seed}"
     final = run.run_dir / "final.json"
     md = [f"# {title}", ""]
+    w = run.weights
+    unfinished = "" if w["finished"] else f" **Unfinished run: trained {w['trained_steps']} of {w['recipe_steps']} steps.**"
+    md += [f"Weights of step {w['step']} ({w['selected']}).{unfinished}", ""]
     if final.exists():
         f = json.loads(final.read_text())
         aux = f.get("auxiliary_test_error")
@@ -169,7 +173,8 @@ def _write(rep: Report, run: LoadedRun) -> None:
         md += [f"## {TITLES.get(key, key)}", "", rep.captions.get(key, ""), "", f"![{key}]({path.name})", ""]
     rep.markdown = rep.out_dir / "report.md"
     atomic_write_text(rep.markdown, "\n".join(md))
-    atomic_write_json(rep.out_dir / "report.json", {"run_dir": str(run.run_dir), "method": run.method, "probes": rep.probes,
+    atomic_write_json(rep.out_dir / "report.json", {"run_dir": str(run.run_dir), "method": run.method, "weights": w,
+                                                    "probes": rep.probes,
                                                     "figures": {k: p.name for k, p in rep.figures.items()}})
     rep.html = rep.out_dir / "report.html"
     atomic_write_text(rep.html, to_html("\n".join(md), rep))
