@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import platform
+import subprocess
 import sys
 from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
 
 import torch
 
@@ -19,6 +21,23 @@ def _version(dist: str) -> str:
         return "not installed"
 
 
+def _git_commit() -> str | None:
+    """The commit of the jadekit checkout in use ("+dirty" with uncommitted changes); None unless jadekit runs from
+    its own git checkout (an editable install), e.g. not from a site-packages that happens to lie in some repository."""
+    here = Path(__file__).resolve().parent
+    try:
+        top = subprocess.run(["git", "-C", str(here), "rev-parse", "--show-toplevel"], capture_output=True, text=True,
+                             timeout=10)
+        if top.returncode != 0 or Path(top.stdout.strip()).resolve() != here.parent:
+            return None
+        head = subprocess.run(["git", "-C", str(here), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10)
+        dirty = subprocess.run(["git", "-C", str(here), "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):  # no git, or it hangs
+        return None
+    return head.stdout.strip() + ("+dirty" if dirty else "")
+
+
 def versions(resolved: Resolved | None = None) -> dict[str, object]:
     """Versions of the stack, and the distribution providing each plugin the recipe names."""
     out: dict[str, object] = {
@@ -26,6 +45,8 @@ def versions(resolved: Resolved | None = None) -> dict[str, object]:
         "torch": torch.__version__,
         "torchvision": _version("torchvision"),
         "jadekit": _version("jadekit"),
+        "jadekit_commit": _git_commit(),
+        "timm": _version("timm"),
         "platform": platform.platform(),
         "machine": platform.machine(),
         "cuda": torch.version.cuda,

@@ -19,7 +19,7 @@ from jadekit.data.base import ImageSet
 from jadekit.data.prepare import DomainData, fingerprint, load_split, prepare_domain
 from jadekit.engine.evaluate import classification_metrics, predict_logits
 from jadekit.engine.loop import Callback, LoopPlan, fit, restore_best
-from jadekit.errors import RESUME_HINT, Interrupted, JadekitError, RunDirError, TrainingDiverged
+from jadekit.errors import RESUME_HINT, DataError, Interrupted, JadekitError, RunDirError, TrainingDiverged
 from jadekit.io import atomic_write_json, atomic_write_text
 from jadekit.provenance import versions
 from jadekit.summary import write_summary
@@ -83,6 +83,16 @@ def recipe_changes(old: dict, new: dict, limit: int = 4) -> str:
     return ", ".join(shown) + (f" and {len(changes) - limit} more" if len(changes) > limit else "")
 
 
+def run_recipe_dict(recipe: Recipe) -> dict:
+    """The recipe as a run directory keeps it: relative data roots made absolute, so `jadekit eval` works from anywhere."""
+    d = recipe_to_dict(recipe)
+    for domain in DOMAINS:
+        root = d[domain].get("root")
+        if root is not None and not Path(root).is_absolute():
+            d[domain]["root"] = str(Path(root).resolve())
+    return d
+
+
 class DataCache:
     """Loads each dataset split once per process, shared by every method and seed."""
 
@@ -137,7 +147,7 @@ def train_one(
     notes = resume_from_checkpoint(trainer, run_dir)
     if notes is None:
         notes = []
-        atomic_write_text(run_dir / "recipe.toml", tomli_w.dumps(recipe_to_dict(recipe)))
+        atomic_write_text(run_dir / "recipe.toml", tomli_w.dumps(run_recipe_dict(recipe)))
         atomic_write_json(run_dir / "indices.json", {d: data[d].indices for d in DOMAINS})
         (run_dir / METRICS).unlink(missing_ok=True)
     else:
@@ -203,6 +213,7 @@ def train_one(
         "seed": seed,
         "method": method,
         "device": str(device),
+        "threads": torch.get_num_threads(),  # float sums, hence the last bits of the weights, depend on it on CPU
         "versions": versions(resolved),
         "data_files": cache.fingerprints(),
     })
@@ -336,10 +347,35 @@ def _finished(path: Path, steps: int) -> dict | None:
     return final if isinstance(final, dict) and final.get("steps") == steps else None
 
 
+_MISSING_FILES_HINT = ("put the missing files at the paths listed, under one data root (`root = \"...\"` in the recipe's "
+                       "[primary] / [auxiliary] table, or the environment variable JADEKIT_DATA), or check the internet "
+                       "connection so that they can be downloaded")
+
+
+def load_every_split(cache: DataCache) -> None:
+    """Load both splits of both datasets; missing or damaged files are reported together, not one per run."""
+    problems: list[DataError] = []
+    for domain in DOMAINS:
+        for split in ("train", "test"):
+            try:
+                cache.split(domain, split)
+            except DataError as e:
+                problems.append(e)
+    if len(problems) == 1:
+        raise problems[0]
+    if problems:
+        missing = [e for e in problems if "data files not found" in e.message]  # each names its own layout: say it once
+        hints = ([_MISSING_FILES_HINT] if missing else []) + list(dict.fromkeys(
+            e.hint for e in problems if e.hint and e not in missing))
+        raise DataError(f"{len(problems)} data problems:\n" + "\n".join(e.message for e in problems),
+                        hint="; ".join(hints) or None)
+
+
 def preflight(resolved: Resolved, cache: DataCache) -> None:
     """Load every split, draw every seed's subsets and build and probe every model: all input errors surface here."""
     recipe = resolved.recipe
     t = recipe.train
+    load_every_split(cache)
     data = {}
     for seed in recipe.experiment.seeds:
         data = {d: cache.domain(d, seed) for d in DOMAINS}

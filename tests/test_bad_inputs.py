@@ -360,3 +360,14 @@ def test_bad_input(tmp_path, data_root, monkeypatch, name, setup, phrase, code):
 
 def test_catalogue_is_big_enough():
     assert len(CASES) >= 40
+
+
+def test_every_missing_split_is_named_in_one_message(write_tiny_recipe, tmp_path):
+    (tmp_path / "empty").mkdir()
+    recipe = write_tiny_recipe(tmp_path / "tiny.toml", tmp_path / "runs", tmp_path / "empty")
+    result = CliRunner().invoke(app, ["run", str(recipe)])
+    text = " ".join(result.output.split())
+    assert result.exit_code == 2 and "Traceback" not in result.output, result.output
+    assert "4 data problems" in text
+    assert all(f"{d} {s} split: data files not found" in text for d in ("USPS", "MNIST") for s in ("train", "test"))
+    assert "fix: put the missing files at the paths listed" in text and not (tmp_path / "runs").exists()

@@ -267,3 +267,21 @@ def test_dataset_params_are_validated_by_the_adapter(trained):
 def test_options_of_dataset_need_dataset(trained):
     result = runner.invoke(app, ["eval", str(trained / "single" / "seed-0"), "--resize"])
     assert result.exit_code == 2 and "apply to --dataset only" in result.output
+
+
+def test_a_run_with_a_relative_data_root_is_evaluated_from_anywhere(write_tiny_recipe, bar_data_root, tmp_path,
+                                                                    monkeypatch):
+    shutil.copytree(bar_data_root, tmp_path / "project" / "data")
+    recipe = write_tiny_recipe(tmp_path / "project" / "tiny.toml", "runs", bar_data_root,
+                               experiment={"methods": ["single"]}, primary={"root": "data"}, auxiliary={"root": "data"},
+                               model={"classifier_hidden": [32], "dropout": None}, train={"steps": 4, "batch_size": 16})
+    monkeypatch.chdir(tmp_path / "project")
+    trained = runner.invoke(app, ["run", str(recipe)])
+    assert trained.exit_code == 0, trained.output
+    run = tmp_path / "project" / "runs" / "single" / "seed-0"
+    provenance = json.loads((run / "provenance.json").read_text())
+    assert provenance["threads"] >= 1 and "jadekit_commit" in provenance["versions"]
+    monkeypatch.chdir(tmp_path)  # elsewhere: the run's recipe.toml holds the data root as an absolute path
+    result = eval_json(str(run))
+    final = json.loads((run / "final.json").read_text())
+    assert result["results"][0]["error"] == pytest.approx(final["primary_test_error"])
