@@ -82,9 +82,13 @@ def _load(recipe: Path, overrides: list[str] | None):
 
 @app.command()
 def check(recipe: RecipeArg, set_: SetOpt = None) -> None:
-    """Validate a recipe and resolve every plugin it names, printing all problems at once."""
+    """Validate a recipe, resolve every plugin it names and build each method's model (no data is read)."""
+    from jadekit.trainer import build_checked_model
+
     with user_errors():
         resolved = _load(recipe, set_)
+        for method in resolved.recipe.experiment.methods:  # backbone params that cannot build fail here, not in `run`
+            build_checked_model(method, resolved)
     r = resolved.recipe
     out.print(f"[green]ok[/] {recipe}: {r.experiment.name}: methods {', '.join(r.experiment.methods)}, "
               f"seeds {r.experiment.seeds}; primary {resolved.primary.name} {resolved.primary.info.image_shape}, "
@@ -120,13 +124,15 @@ class ProgressBar:
     def __init__(self, progress: Progress, method: str, seed: int, steps: int) -> None:
         self.progress = progress
         self.task = progress.add_task(f"{method} seed {seed}", total=steps, info="")
-        self.val = ""
+        self.loss = self.val = ""
 
     def on_log(self, step: int, terms: dict[str, float]) -> None:
-        self.progress.update(self.task, completed=step, info=f"loss {terms['total']:.3f}{self.val}")
+        self.loss = f"loss {terms['total']:.3f}"
+        self.progress.update(self.task, completed=step, info=self.loss + self.val)
 
     def on_validate(self, step: int, metrics: dict[str, float], improved: bool) -> None:
         self.val = f"  val acc {metrics['accuracy']:.3f}"
+        self.progress.update(self.task, info=self.loss + self.val)  # now: the last validation has no log after it
 
     def on_checkpoint(self, state) -> None:
         pass

@@ -88,8 +88,21 @@ def test_timm_encoder_decoder_shapes(shape):
 
 
 def test_timm_unknown_model_is_a_plugin_error():
-    with pytest.raises(PluginError, match="no-such-net"):
+    with pytest.raises(PluginError, match="no-such-net") as e:
         Timm().encoder((1, 16, 16), 4, TimmParams(model_name="no-such-net"))
+    assert "timm.list_models()" in e.value.hint
+
+
+def test_timm_pretrained_weights_that_cannot_be_fetched_say_so(monkeypatch):
+    import timm
+
+    def offline(*args, **kwargs):
+        raise OSError("We couldn't connect to 'https://huggingface.co'")
+
+    monkeypatch.setattr(timm, "create_model", offline)
+    with pytest.raises(PluginError, match="cannot load the pretrained weights of 'resnet18'") as e:
+        Timm().encoder((1, 16, 16), 4, TimmParams(model_name="resnet18", pretrained=True))
+    assert "pretrained = false" in e.value.hint and "list_models" not in e.value.hint
 
 
 def test_paper_svhn_layers_as_in_the_paper():

@@ -371,3 +371,9 @@ def test_every_missing_split_is_named_in_one_message(write_tiny_recipe, tmp_path
     assert "4 data problems" in text
     assert all(f"{d} {s} split: data files not found" in text for d in ("USPS", "MNIST") for s in ("train", "test"))
     assert "fix: put the missing files at the paths listed" in text and not (tmp_path / "runs").exists()
+
+
+def test_check_builds_the_models_so_params_that_cannot_build_fail_there(tiny_recipe):
+    deep = '{name = "cnn", params = {filters = [8, 8, 8, 8, 8], pool = [true, true, true, true, true]}}'
+    result = CliRunner().invoke(app, ["check", str(tiny_recipe), "--set", f"model.primary_backbone={deep}"])
+    assert result.exit_code == 2 and "too small for 5 2x poolings" in result.output, result.output

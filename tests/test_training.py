@@ -254,3 +254,15 @@ def test_train_select_picks_the_kept_weights(select, kept):
     state = fit(model, opt, sched, lambda: None, lambda s: None, validate, LoopPlan(5, 1, 100, select=select))
     assert state.best_step == kept
     assert state.best_model["weight"].item() == kept
+
+
+def test_progress_bar_shows_the_latest_validation_at_once():
+    from rich.progress import Progress
+
+    from jadekit.cli import ProgressBar
+
+    with Progress(disable=True) as progress:
+        bar = ProgressBar(progress, "jade", 0, 10)
+        bar.on_log(10, {"total": 1.5})
+        bar.on_validate(10, {"accuracy": 0.75}, True)  # the run's last event: no log follows it
+        assert progress.tasks[0].fields["info"] == "loss 1.500  val acc 0.750"
