@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import tomllib
 from pathlib import Path
 
@@ -39,7 +40,8 @@ def main() -> None:
         n = labels_per_class(d)
         for row in json.loads((d / "summary.json").read_text())["rows"]:
             s = row["primary_test_error"]
-            points.setdefault(row["method"], []).append((n, s["mean"], s["std"], s["n"]))
+            std = math.nan if s["std"] is None else s["std"]  # one seed: no spread
+            points.setdefault(row["method"], []).append((n, s["mean"], std, s["n"]))
     fig, ax = plt.subplots(figsize=(6, 4), dpi=110)
     for method, pts in points.items():
         pts.sort()

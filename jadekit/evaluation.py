@@ -294,7 +294,7 @@ def evaluate_run(run_dir: Path, dataset: str | None = None, root: Path | None = 
     return record
 
 
-METRICS = ("error", "accuracy", "balanced_accuracy", "macro_f1", "ece", "nll")
+METRICS = ("error", "accuracy", "balanced_accuracy", "macro_f1", "auroc", "ece", "nll")
 
 
 def aggregate(records: list[dict]) -> dict:

@@ -348,8 +348,8 @@ def _finished(path: Path, steps: int) -> dict | None:
 
 
 _MISSING_FILES_HINT = ("put the missing files at the paths listed, under one data root (`root = \"...\"` in the recipe's "
-                       "[primary] / [auxiliary] table, or the environment variable JADEKIT_DATA), or check the internet "
-                       "connection so that they can be downloaded")
+                       "[primary] / [auxiliary] table, or the environment variable JADEKIT_DATA), or let them download "
+                       "(`download = true` in that table, and an internet connection)")
 
 
 def load_every_split(cache: DataCache) -> None:

@@ -1,5 +1,9 @@
 """Table-1 summaries: test error per method as mean ± std over seeds, and per-seed differences between methods
-(md, csv, json)."""
+(md, csv, json).
+
+A standard deviation (and so a standard error) needs two values: with one seed it is undefined, stored as
+null (JSON) or an empty cell (CSV) and shown as "–" in the markdown; n says how many values there were.
+"""
 
 from __future__ import annotations
 
@@ -22,10 +26,10 @@ def method_order(method: str) -> tuple[int, str]:
 
 
 def mean_std(values: list[float]) -> dict[str, float | int | None]:
-    """Mean, sample standard deviation (0 for one value) and count."""
+    """Mean, sample standard deviation (None for fewer than two values: undefined) and count."""
     if not values:
         return {"mean": None, "std": None, "n": 0}
-    std = statistics.stdev(values) if len(values) > 1 else 0.0
+    std = statistics.stdev(values) if len(values) > 1 else None
     return {"mean": statistics.fmean(values), "std": std, "n": len(values)}
 
 
@@ -51,8 +55,8 @@ def seed_differences(finals: Iterable[dict]) -> list[dict]:
     """Primary test error of one method minus another's, seed by seed, for every pair sharing >= 2 seeds.
 
     Every method of a seed trains on the same drawn labelled subset, so the difference cancels that draw's
-    luck: its mean ± standard error says whether a gap is beyond the seed noise. Later methods in ORDER
-    come first (jade − paired, jade − single, paired − single).
+    luck: its mean ± standard error says whether a gap is beyond the seed noise (std: the differences'
+    sample standard deviation). Later methods in ORDER come first (jade − paired, jade − single, paired − single).
     """
     errors: dict[str, dict[int, float]] = {}
     for f in finals:
@@ -66,14 +70,19 @@ def seed_differences(finals: Iterable[dict]) -> list[dict]:
             continue
         diffs = [errors[a][s] - errors[b][s] for s in seeds]
         stat = mean_std(diffs)
-        rows.append({"methods": [a, b], "mean": stat["mean"], "se": stat["std"] / math.sqrt(len(diffs)),
+        rows.append({"methods": [a, b], "mean": stat["mean"], "std": stat["std"], "se": stat["std"] / math.sqrt(len(diffs)),
                      "won": sum(d < 0 for d in diffs), "tied": sum(d == 0 for d in diffs), "seeds": seeds})
     return rows
 
 
+UNDEFINED = "–"  # a standard deviation of one value
+
+
 def fmt(stat: dict) -> str:
-    """`29.08 ± 0.92` (or `-` when there is nothing to show)."""
-    return "-" if stat["mean"] is None else f"{stat['mean']:.2f} ± {stat['std']:.2f}"
+    """`29.08 ± 0.92`, `29.08 ± –` for one value (no std), or `-` when there is nothing to show."""
+    if stat["mean"] is None:
+        return "-"
+    return f"{stat['mean']:.2f} ± {UNDEFINED if stat['std'] is None else format(stat['std'], '.2f')}"
 
 
 def to_markdown(rows: list[dict], title: str, differences: list[dict] | None = None) -> str:
@@ -107,13 +116,27 @@ def summary_markdown(finals: Iterable[dict], title: str) -> str:
     return to_markdown(summarize(finals), title, seed_differences(finals))
 
 
-def to_csv(rows: list[dict]) -> str:
+CSV_COLUMNS = ("method", "primary_error_mean", "primary_error_std", "auxiliary_error_mean", "auxiliary_error_std", "n",
+               "minus", "primary_error_se", "seeds_won", "seeds_tied")
+
+
+def to_csv(rows: list[dict], differences: list[dict] | None = None) -> str:
+    """One row per method (`minus` empty), then one per pair of methods: `method` minus `minus`, seed by seed.
+
+    A method's row: its test errors' mean, std and n (seeds). A difference row: the primary test error of
+    `method` minus that of `minus` over their n shared seeds, as mean, std and standard error (`primary_error_se`),
+    and the seeds `method` won (lower error) and tied; its auxiliary cells stay empty. Undefined values
+    (a std of one seed, no auxiliary error) are empty cells.
+    """
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
-    w.writerow(["method", "primary_error_mean", "primary_error_std", "auxiliary_error_mean", "auxiliary_error_std", "n"])
+    w.writerow(CSV_COLUMNS)
     for r in rows:
         p, a = r["primary_test_error"], r["auxiliary_test_error"]
-        w.writerow([r["method"], p["mean"], p["std"], a["mean"], a["std"], p["n"]])
+        w.writerow([r["method"], p["mean"], p["std"], a["mean"], a["std"], p["n"], None, None, None, None])
+    for d in differences or []:
+        a, b = d["methods"]
+        w.writerow([a, d["mean"], d["std"], None, None, len(d["seeds"]), b, d["se"], d["won"], d["tied"]])
     return buf.getvalue()
 
 
@@ -122,6 +145,6 @@ def write_summary(out_dir: Path, finals: Iterable[dict], title: str) -> list[dic
     finals = list(finals)
     rows, differences = summarize(finals), seed_differences(finals)
     atomic_write_text(out_dir / "summary.md", to_markdown(rows, title, differences))
-    atomic_write_text(out_dir / "summary.csv", to_csv(rows))
+    atomic_write_text(out_dir / "summary.csv", to_csv(rows, differences))
     atomic_write_json(out_dir / "summary.json", {"title": title, "rows": rows, "differences": differences})
     return rows

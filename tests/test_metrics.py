@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from jadekit import metrics
+from jadekit.engine.evaluate import classification_metrics
 from jadekit.evaluation import free_suffix
 from jadekit.report.latents import linear_probe, normalised, pca2
 
@@ -45,6 +46,93 @@ def _logits(probs: list[list[float]]) -> torch.Tensor:
     return torch.tensor(probs).log()
 
 
+def test_error_and_accuracy_are_exact_decimals_of_the_counts():
+    labels = torch.zeros(1000, dtype=torch.long)
+    pred = torch.cat([torch.zeros(908, dtype=torch.long), torch.ones(92, dtype=torch.long)])
+    assert metrics.error(pred, labels) == 9.2 and metrics.accuracy(pred, labels) == 0.908  # not 9.200000166893005
+    logits = torch.nn.functional.one_hot(pred, 3).float()
+    out = classification_metrics(logits, labels)
+    assert (out["error"], out["accuracy"], out["n"]) == (9.2, 0.908, 1000)
+    assert metrics.classification_report(logits, labels, ("a", "b", "c"))["error"] == 9.2
+    for wrong in range(0, 2008, 97):  # USPS test set: 2,007 images
+        pred = (torch.arange(2007) < wrong).long()
+        assert metrics.error(pred, torch.zeros(2007, dtype=torch.long)) == 100.0 * wrong / 2007
+    assert math.isnan(classification_metrics(torch.empty(0, 3), torch.empty(0, dtype=torch.long))["error"])
+
+
+def _binary(scores: list[float]) -> torch.Tensor:
+    """Two-class logits whose class-1 score (logit 1 − logit 0) is `scores`."""
+    return torch.stack([torch.zeros(len(scores)), torch.tensor(scores)], dim=1)
+
+
+def test_binary_auroc_by_hand_with_ties():
+    labels = torch.tensor([0, 0, 1, 1])
+    assert metrics.auroc(_binary([0.1, 0.2, 0.3, 0.4]), labels) == 1.0
+    assert metrics.auroc(_binary([0.4, 0.3, 0.2, 0.1]), labels) == 0.0
+    # positive 0.4 beats 0.1 and ties 0.4 (1.5 pairs), positive 0.8 beats both (2): 3.5 of 4 pairs
+    assert metrics.auroc(_binary([0.1, 0.4, 0.4, 0.8]), labels) == 0.875
+    assert metrics.auroc(_binary([0.5] * 4), labels) == 0.5
+    # ranks 1, 2.5, 2.5, 4.5, 4.5, 6 (average over ties); positives 2.5 + 4.5 + 6 = 13 -> U = 13 - 6 = 7 of 9
+    assert metrics.auroc(_binary([0, 1, 1, 2, 2, 3]), torch.tensor([0, 1, 0, 1, 0, 1])) == pytest.approx(7 / 9)
+    assert metrics.binary_auroc(torch.tensor([1.0, 1.0, 2.0]), torch.tensor([False, True, True])) == 0.75
+
+
+def test_auroc_ranks_probabilities_not_raw_logits():
+    # class 1's logit is higher for the negative, but its probability is lower: only 1 - 0 counts
+    logits = torch.tensor([[9.0, 5.0], [0.0, 1.0]])
+    assert metrics.auroc(logits, torch.tensor([0, 1])) == 1.0
+    g = torch.Generator().manual_seed(0)
+    logits, labels = torch.randn(50, 4, generator=g), torch.randint(0, 4, (50,), generator=g)
+    shifted = logits + torch.randn(50, 1, generator=g) * 10  # a row's constant leaves its probabilities alone
+    assert metrics.auroc(shifted, labels) == pytest.approx(metrics.auroc(logits, labels), abs=1e-12)
+    assert metrics.auroc(logits.log_softmax(1), labels) == pytest.approx(metrics.auroc(logits, labels), abs=1e-12)
+
+
+def test_multiclass_auroc_is_the_mean_over_classes_present():
+    # probabilities: (2, 0, 0, 0) -> .711/.096/.096/.096; zeros -> .25 each; (0, -1, 0, 0) -> .297/.109/.297/.297
+    logits = torch.tensor([[2.0, 0, 0, 0], [0, 0, 0, 0], [0, 0, 0, 0], [0, -1, 0, 0], [0, 0, 2, 0], [0, 0, 0, 0]])
+    labels = torch.tensor([0, 0, 1, 1, 2, 2])  # class 3 never occurs: left out
+    # class 0: positives .711 (4 wins), .25 (ties .25 twice, beats .096): 6/8
+    # class 1: positives .25 (beats two .096, ties two .25) and .109 (beats two .096): 5/8
+    # class 2: positives .711 (4 wins), .25 (beats .096, ties .25 twice): 6/8
+    assert metrics.auroc(logits, labels) == pytest.approx((6 / 8 + 5 / 8 + 6 / 8) / 3)
+
+
+def test_auroc_is_nan_when_no_class_can_be_scored():
+    assert math.isnan(metrics.auroc(_binary([0.1, 0.9]), torch.tensor([1, 1])))
+    assert math.isnan(metrics.auroc(torch.randn(3, 4), torch.tensor([2, 2, 2])))
+    assert math.isnan(metrics.auroc(torch.empty(0, 3), torch.empty(0, dtype=torch.long)))
+    assert math.isnan(metrics.classification_report(torch.randn(2, 3), torch.tensor([1, 1]), ("a", "b", "c"))["auroc"])
+
+
+def test_auroc_matches_the_mann_whitney_u_of_scipy():
+    stats = pytest.importorskip("scipy.stats")
+    g = torch.Generator().manual_seed(1)
+    scores = torch.randint(0, 8, (300,), generator=g).double()  # many ties
+    positive = torch.rand(300, generator=g) < 0.3
+    u = stats.mannwhitneyu(scores[positive].numpy(), scores[~positive].numpy()).statistic
+    expected = u / (positive.sum().item() * (~positive).sum().item())
+    assert metrics.binary_auroc(scores, positive) == pytest.approx(expected, abs=1e-12)
+
+
+@pytest.mark.parametrize("n_classes", [2, 3, 5])
+def test_auroc_matches_sklearn_on_random_data(n_classes):
+    skm = pytest.importorskip("sklearn.metrics")
+    g = torch.Generator().manual_seed(n_classes)
+    labels = torch.randint(0, n_classes, (400,), generator=g)
+    logits = torch.randn(400, n_classes, generator=g) + 0.8 * torch.nn.functional.one_hot(labels, n_classes)
+    probs = logits.double().softmax(1).numpy()
+    if n_classes == 2:
+        expected = skm.roc_auc_score(labels.numpy(), probs[:, 1])
+    else:
+        expected = skm.roc_auc_score(labels.numpy(), probs, multi_class="ovr", average="macro")
+    assert metrics.auroc(logits, labels) == pytest.approx(expected, abs=1e-9)
+    rounded = (logits * 2).round() / 2  # ties
+    tied = rounded.double().softmax(1).numpy()
+    if n_classes == 2:
+        assert metrics.auroc(rounded, labels) == pytest.approx(skm.roc_auc_score(labels.numpy(), tied[:, 1]), abs=1e-9)
+
+
 def test_ece_and_nll_by_hand():
     logits = _logits([[0.9, 0.1], [0.9, 0.1], [0.4, 0.6], [0.4, 0.6]])
     labels = torch.tensor([0, 1, 1, 1])
@@ -72,6 +160,8 @@ def test_classification_report_is_consistent():
     assert r["n"] == 5 and r["error"] == pytest.approx(40.0)
     assert r["per_class_accuracy"] == pytest.approx({"a": 0.5, "b": 1.0, "c": 0.0})
     assert r["confusion_matrix"] == [[1, 1, 0], [0, 2, 0], [1, 0, 0]]
+    # rows predicting the same class are identical, so tie: class 0 3.5/6, class 1 5/6, class 2 3/6 (all tied)
+    assert r["auroc"] == pytest.approx((3.5 / 6 + 5 / 6 + 0.5) / 3)
 
 
 def test_linear_probe_separable_and_random():

@@ -1,12 +1,14 @@
 """Per-seed differences between methods (jadekit.summary) and the dir-merging benchmark built on them."""
 
+import csv
 import json
 import math
+import statistics
 import subprocess
 import sys
 from pathlib import Path
 
-from jadekit.summary import seed_differences, summarize, to_markdown, write_summary
+from jadekit.summary import mean_std, seed_differences, summarize, to_csv, to_markdown, write_summary
 
 SCRIPT = Path(__file__).parents[1] / "benchmarks" / "seed_comparison.py"
 
@@ -76,3 +78,61 @@ def test_write_summary_records_the_differences(tmp_path):
     (row,) = json.loads((tmp_path / "summary.json").read_text())["differences"]
     assert row["methods"] == ["jade", "paired"] and row["won"] == 1 and math.isclose(row["mean"], -0.25)
     assert "| jade − paired | -0.25 ± 0.75 | 1 | 2 |" in (tmp_path / "summary.md").read_text()
+
+
+def test_one_seed_has_no_std():
+    assert mean_std([4.0]) == {"mean": 4.0, "std": None, "n": 1}
+    assert mean_std([]) == {"mean": None, "std": None, "n": 0}
+    finals = [final("single", 0, 5.0), final("jade", 0, 4.0, 1.25), final("jade", 1, 6.0, 1.75)]
+    rows = {r["method"]: r for r in summarize(finals)}
+    assert rows["single"]["primary_test_error"] == {"mean": 5.0, "std": None, "n": 1}
+    md = to_markdown(list(rows.values()), "t")
+    assert "| single | 5.00 ± – | - | 1 |" in md
+    assert "| jade | 5.00 ± 1.41 | 1.50 ± 0.35 | 2 |" in md
+
+
+def test_one_seed_std_is_null_in_json_and_empty_in_csv(tmp_path):
+    write_summary(tmp_path, [final("single", 0, 5.0), final("jade", 0, 4.0, 1.5)], "one seed")
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    jade = next(r for r in summary["rows"] if r["method"] == "jade")
+    assert jade["primary_test_error"] == {"mean": 4.0, "std": None, "n": 1}
+    assert jade["auxiliary_test_error"] == {"mean": 1.5, "std": None, "n": 1}
+    assert summary["differences"] == []
+    table = {r["method"]: r for r in csv.DictReader((tmp_path / "summary.csv").open())}
+    assert table["jade"]["primary_error_mean"] == "4.0" and table["jade"]["n"] == "1"
+    assert table["jade"]["primary_error_std"] == "" and table["jade"]["auxiliary_error_std"] == ""
+    assert table["single"]["auxiliary_error_mean"] == "" and table["single"]["minus"] == ""
+    assert "| jade | 4.00 ± – | 1.50 ± – | 1 |" in (tmp_path / "summary.md").read_text()
+
+
+def test_csv_carries_the_per_seed_differences(tmp_path):
+    errs = {"single": [5.0, 6.0, 9.0], "paired": [4.5, 6.0, 7.0], "jade": [4.0, 6.0, 3.0]}
+    finals = [final(m, s, e, None if m == "single" else 1.0) for m, es in errs.items() for s, e in enumerate(es)]
+    write_summary(tmp_path, finals, "study")
+    table = list(csv.DictReader((tmp_path / "summary.csv").open()))
+    assert list(table[0]) == ["method", "primary_error_mean", "primary_error_std", "auxiliary_error_mean",
+                              "auxiliary_error_std", "n", "minus", "primary_error_se", "seeds_won", "seeds_tied"]
+    assert [(r["method"], r["minus"]) for r in table] == [
+        ("single", ""), ("paired", ""), ("jade", ""), ("jade", "paired"), ("jade", "single"), ("paired", "single")]
+    methods = [r for r in table if not r["minus"]]
+    assert [float(r["primary_error_mean"]) for r in methods] == [statistics.fmean(e) for e in errs.values()]
+    jade_single = table[4]  # differences -1, 0, -6
+    assert float(jade_single["primary_error_mean"]) == -7 / 3 and jade_single["n"] == "3"
+    assert math.isclose(float(jade_single["primary_error_std"]), statistics.stdev([-1.0, 0.0, -6.0]))
+    assert math.isclose(float(jade_single["primary_error_se"]), statistics.stdev([-1.0, 0.0, -6.0]) / math.sqrt(3))
+    assert (jade_single["seeds_won"], jade_single["seeds_tied"]) == ("2", "1")
+    assert jade_single["auxiliary_error_mean"] == jade_single["auxiliary_error_std"] == ""
+    (diff,) = [d for d in json.loads((tmp_path / "summary.json").read_text())["differences"] if d["methods"] == ["jade", "single"]]
+    assert math.isclose(diff["std"], statistics.stdev([-1.0, 0.0, -6.0]))
+    assert to_csv(summarize(finals)) == "".join(
+        line + "\n" for line in (tmp_path / "summary.csv").read_text().splitlines()[:4])  # no differences given: none
+
+
+def test_benchmark_shows_one_seed_without_a_std(tmp_path):
+    write_final(tmp_path / "a", "jade", 0, 4.0, 1.0)
+    write_final(tmp_path / "a", "single", 0, 5.0)
+    result = compare(tmp_path / "a")
+    assert result.returncode == 0, result.stderr
+    assert "| jade | 4.00 ± – | 1.00 ± – | 1 |" in result.stdout and "| single | 5.00 ± – | - | 1 |" in result.stdout
+    assert "differences" not in result.stdout
+

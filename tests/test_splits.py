@@ -109,6 +109,121 @@ def test_zero_share_keeps_everything_for_training():
     assert torch.equal(train, idx) and len(val) == 0
 
 
+def test_draws_without_groups_are_pinned():
+    """Recorded results depend on these exact indices: the sample-by-sample draws must not change."""
+    y = torch.tensor([0, 1, 2, 0, 1, 2, 0, 1, 2, 0, 1, 2, 0, 1, 0, 1, 0, 2])
+    g = gen(3)
+    picked = stratified_subset(y, 3, None, g)
+    assert picked.tolist() == [17, 3, 11, 4, 2, 15, 6, 0, 10]
+    train, val = train_val_split(picked, y, 0.34, g)
+    assert (train.tolist(), val.tolist()) == ([3, 6, 4, 10, 2, 17], [0, 15, 11])
+    g = gen(5)
+    picked = stratified_subset(y, None, 7, g, groups=None)
+    assert picked.tolist() == [17, 2, 3, 4, 10, 0, 16]
+    train, val = train_val_split(picked, y, 0.5, g, groups=None)
+    assert (train.tolist(), val.tolist()) == ([0, 4, 2], [16, 3, 10, 17])
+
+
+# --- groups (patients): kept whole by both draws ---------------------------------------------
+
+
+def patients(per_class: list[int], seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Labels and patient ids: `per_class[c]` patients of class c, each with 2-6 slices, shuffled."""
+    rng = torch.Generator().manual_seed(seed)
+    labels, groups, pid = [], [], 100
+    for c, n in enumerate(per_class):
+        for _ in range(n):
+            k = int(torch.randint(2, 7, (1,), generator=rng))
+            labels += [c] * k
+            groups += [pid] * k
+            pid += 7  # ids need not be contiguous
+    order = torch.randperm(len(labels), generator=rng)
+    return torch.tensor(labels)[order], torch.tensor(groups)[order]
+
+
+Y, G = patients([12, 20, 8])
+
+
+def whole(picked: torch.Tensor, groups: torch.Tensor) -> bool:
+    """Every group is either entirely in `picked` or not at all."""
+    chosen = set(groups[picked].tolist())
+    return sorted(picked.tolist()) == sorted(i for i, g in enumerate(groups.tolist()) if g in chosen)
+
+
+@pytest.mark.parametrize(("per_class", "limit"), [(5, None), (10, None), (None, 30), (8, 12), (None, None)])
+def test_grouped_subset_keeps_patients_whole(per_class, limit):
+    picked = stratified_subset(Y, per_class, limit, gen(1), groups=G)
+    assert len(set(picked.tolist())) == len(picked) and whole(picked, G)
+    counts = torch.bincount(Y[picked], minlength=3)
+    biggest = int(torch.bincount(G).max())
+    if per_class is not None and limit is None:  # whole patients until the class count is reached
+        assert (counts >= per_class).all() and (counts < per_class + biggest).all()
+    if limit is not None:
+        assert len(picked) < limit + 3 * biggest
+    if per_class is None and limit is None:
+        assert sorted(picked.tolist()) == list(range(len(Y)))
+
+
+def test_grouped_subset_takes_the_fewest_patients():
+    y = torch.tensor([0] * 9 + [1] * 9)
+    g = torch.arange(18) // 3  # 3 patients of 3 slices per class
+    for seed in range(5):
+        picked = stratified_subset(y, 4, None, gen(seed), groups=g)
+        assert torch.bincount(y[picked]).tolist() == [6, 6]  # 2 patients each: 3 < 4 <= 6
+
+
+def test_grouped_draws_are_seeded():
+    a = stratified_subset(Y, 6, None, gen(2), groups=G)
+    assert torch.equal(a, stratified_subset(Y, 6, None, gen(2), groups=G))
+    assert set(a.tolist()) != set(stratified_subset(Y, 6, None, gen(3), groups=G).tolist())
+    tv = train_val_split(a, Y, 0.3, gen(4), groups=G)
+    assert all(torch.equal(x, y) for x, y in zip(tv, train_val_split(a, Y, 0.3, gen(4), groups=G), strict=True))
+    splits = {tuple(train_val_split(a, Y, 0.3, gen(s), groups=G)[1].tolist()) for s in range(5)}
+    assert len(splits) > 1
+
+
+@pytest.mark.parametrize("share", [0.01, 0.2, 0.5, 0.99])
+def test_no_patient_in_both_train_and_val(share):
+    picked = stratified_subset(Y, 10, None, gen(0), groups=G)
+    train, val = train_val_split(picked, Y, share, gen(0), groups=G)
+    assert sorted(train.tolist() + val.tolist()) == sorted(picked.tolist())
+    assert set(G[train].tolist()).isdisjoint(G[val].tolist())
+    assert set(Y[train].tolist()) == set(Y[val].tolist()) == {0, 1, 2}  # every class on both sides
+
+
+def test_grouped_val_share_counts_patients():
+    y = torch.tensor([0] * 20 + [1] * 10)
+    g = torch.arange(30) // 2  # 10 patients of class 0, 5 of class 1
+    train, val = train_val_split(torch.arange(30), y, 0.2, gen(), groups=g)
+    val_patients = [len(set(g[val][y[val] == c].tolist())) for c in (0, 1)]
+    assert val_patients == [2, 1]  # round(0.2 * 10), max(1, round(0.2 * 5))
+    one = torch.tensor([0, 0, 0, 1, 1, 1])
+    train, val = train_val_split(torch.arange(6), one, 0.5, gen(), groups=torch.tensor([1, 1, 1, 2, 2, 3]))
+    assert sorted(val.tolist()) in ([3, 4], [5])  # class 1: one of its two patients
+    assert {0, 1, 2} <= set(train.tolist())  # class 0 is one patient: no validation
+
+
+def test_mixed_label_group_moves_as_one():
+    y = torch.tensor([0, 0, 1, 1, 1, 0, 1, 0])
+    g = torch.tensor([1, 1, 1, 2, 3, 4, 5, 6])  # patient 1 is mostly class 0
+    for seed in range(6):
+        picked = stratified_subset(y, 2, None, gen(seed), groups=g)
+        train, val = train_val_split(picked, y, 0.5, gen(seed), groups=g)
+        assert whole(picked, g) and set(g[train].tolist()).isdisjoint(g[val].tolist())
+
+
+def test_grouped_too_few_samples_names_the_class():
+    with pytest.raises(DataError, match=r"class 'c' has only 29 samples \(in 8 groups") as err:
+        stratified_subset(Y, 30, None, gen(), ("a", "b", "c"), what="primary", groups=G)
+    assert "primary" in err.value.message and "29" in err.value.hint
+
+
+def test_grouped_zero_share_keeps_everything_for_training():
+    idx = torch.arange(len(Y))
+    train, val = train_val_split(idx, Y, 0.0, gen(), groups=G)
+    assert torch.equal(train, idx) and len(val) == 0
+
+
 # --- PairedBatchSampler ----------------------------------------------------------------------
 
 

@@ -33,7 +33,7 @@ def _print_result(r: dict, title: str) -> None:
 
     t = Table("metric", "value", title=f"{title}: {r['dataset']} {r['split']} ({r['domain']} encoder, n = {r['n']})")
     t.add_row("error (%)", _num(r["error"], 2))
-    for k in ("accuracy", "balanced_accuracy", "macro_f1", "ece", "nll"):
+    for k in ("accuracy", "balanced_accuracy", "macro_f1", "auroc", "ece", "nll"):
         t.add_row(k, _num(r[k]))
     for k, v in (r.get("elbo") or {}).items():
         t.add_row(f"elbo.{k}", _num(v, 3))
@@ -126,7 +126,8 @@ def evaluate(
     for rec in records:
         for r in rec["results"]:
             out.print(f"{rec['method']} seed {rec['seed']} {r['dataset']} ({r['domain']}): error {_num(r['error'], 2)}%, "
-                      f"macro-F1 {_num(r['macro_f1'], 3)}, ECE {_num(r['ece'], 3)}, {_weights_line(rec['weights'])}",
+                      f"macro-F1 {_num(r['macro_f1'], 3)}, AUROC {_num(r['auroc'], 3)}, ECE {_num(r['ece'], 3)}, "
+                      f"{_weights_line(rec['weights'])}",
                       highlight=False)
     out.print(result["markdown"], highlight=False)
     out.print(f"written to {', '.join(result['written_to'])} and each run's {Path(records[0]['written_to']).name}",

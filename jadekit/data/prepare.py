@@ -75,8 +75,8 @@ def load_split(name: str, adapter, params, cfg: DataConfig, split: Split, expect
 def prepare_domain(train: ImageSet, test: ImageSet, cfg: DataConfig, seed: int, what: str) -> DomainData:
     """Draw the seeded labelled subset of `train` and carve the validation split from it."""
     g = torch.Generator().manual_seed(seed)
-    picked = stratified_subset(train.labels, cfg.labels_per_class, cfg.limit, g, train.class_names, what)
-    tr, va = train_val_split(picked, train.labels, cfg.val_share, g)
+    picked = stratified_subset(train.labels, cfg.labels_per_class, cfg.limit, g, train.class_names, what, groups=train.groups)
+    tr, va = train_val_split(picked, train.labels, cfg.val_share, g, groups=train.groups)  # patients kept whole
     return DomainData(
         train.images[tr], train.labels[tr], train.images[va], train.labels[va], test.images, test.labels,
         train.class_names, {"train": tr.tolist(), "val": va.tolist()},

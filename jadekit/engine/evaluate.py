@@ -37,8 +37,15 @@ def predict_logits(
 
 
 def classification_metrics(logits: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
-    """Error (%), accuracy and mean negative log-likelihood of predictions."""
+    """Error (%), accuracy and mean negative log-likelihood of predictions.
+
+    Error and accuracy come from the integer count of correct predictions in Python floats (float64):
+    92 errors in 1,000 images are exactly 9.2 %, not 9.200000166893005 (float32 noise).
+    """
     labels = labels.to(logits.device)
-    accuracy = (logits.argmax(1) == labels).float().mean().item() if len(labels) else float("nan")
-    nll = F.cross_entropy(logits, labels).item() if len(labels) else float("nan")
-    return {"error": 100.0 * (1.0 - accuracy), "accuracy": accuracy, "nll": nll, "n": len(labels)}
+    n = len(labels)
+    if not n:
+        return {"error": float("nan"), "accuracy": float("nan"), "nll": float("nan"), "n": 0}
+    correct = int((logits.argmax(1) == labels).sum().item())
+    nll = F.cross_entropy(logits, labels).item()
+    return {"error": 100.0 * (n - correct) / n, "accuracy": correct / n, "nll": nll, "n": n}

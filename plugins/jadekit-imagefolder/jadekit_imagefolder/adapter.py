@@ -29,6 +29,11 @@ class ImageFolderParams(BaseModel):
         description="Unset: the tree has train/ and test/ subfolders. Set: split each class folder, seeded.",
     )
     split_seed: int = Field(0, description="Seed of the split when test_share is set.")
+    max_value: PositiveInt | None = Field(
+        None,
+        description="16/32-bit grey images: the value shown as 255 (e.g. 4095 for 12-bit data, 65535 for full "
+        "16-bit); a pixel above it (or below 0) is an error. Unset: each image is scaled by its own maximum.",
+    )
 
     @field_validator("classes")
     @classmethod
@@ -42,7 +47,13 @@ class ImageFolder:
     """Images under `<path>/<class>/` (seeded split) or `<path>/{train,test}/<class>/`.
 
     Any size, grey or colour; converted to `channels` and resized to `size` with a bilinear
-    filter. Files are read in sorted order, so loads are deterministic.
+    filter. Files are read in sorted order, so loads are deterministic; hidden files and
+    folders (names starting with ".", e.g. `.ipynb_checkpoints`) are ignored.
+
+    16-bit and 32-bit integer grey images (PIL modes "I;16*" and "I", e.g. X-rays) are
+    scaled to 0-255, never clipped: value * 255 / `max_value`, or, with `max_value` unset,
+    value * 255 / the image's own maximum (0 stays 0; an image with negative values maps
+    its minimum to 0 instead). 8-bit images are converted unchanged.
     """
 
     Params: ClassVar[type[BaseModel]] = ImageFolderParams
@@ -72,18 +83,24 @@ def _class_files(folder: Path, classes: list[str]) -> list[list[Path]]:
     """Image files of each class folder, sorted; every class folder must exist and hold one."""
     if not folder.is_dir():
         raise DataError(f"imagefolder: {folder} is not a folder", hint="fix `path` in the params, or the data root.")
-    extra = sorted(p.name for p in folder.iterdir() if p.is_dir() and p.name not in classes)
+    extra = sorted(p.name for p in folder.iterdir() if p.is_dir() and p.name not in classes and not _hidden(p))
     if extra:
         raise DataError(f"imagefolder: {folder} has folders not in `classes`: {extra}",
                         hint="add them to `classes`, or move them out of the tree.")
     out = []
     for c in classes:
         d = folder / c
-        found = sorted(p for p in d.iterdir() if p.is_file() and p.suffix.lower() in EXTENSIONS) if d.is_dir() else []
+        found = sorted(p for p in d.iterdir() if p.is_file() and p.suffix.lower() in EXTENSIONS and not _hidden(p)) \
+            if d.is_dir() else []
         if not found:
             raise DataError(f"imagefolder: no PNG/JPEG image in {d}", hint="each class needs a folder with images.")
         out.append(found)
     return out
+
+
+def _hidden(path: Path) -> bool:
+    """A hidden entry (`.ipynb_checkpoints`, macOS `._x.png`), skipped when listing classes and files."""
+    return path.name.startswith(".")
 
 
 def _split_files(base: Path, split: Split, params: ImageFolderParams) -> tuple[list[Path], list[int]]:
@@ -113,15 +130,44 @@ def _split_files(base: Path, split: Split, params: ImageFolderParams) -> tuple[l
     return files, labels
 
 
+HIGH_BIT_GREY = frozenset({"I", "I;16", "I;16L", "I;16B", "I;16N"})
+
+
 def _read(path: Path, params: ImageFolderParams) -> np.ndarray:
     from PIL import Image, UnidentifiedImageError
 
     try:
         with Image.open(path) as img:
-            img = img.convert("L" if params.channels == 1 else "RGB")
-            h, w = params.size
-            img = img.resize((w, h), Image.Resampling.BILINEAR)
-            arr = np.asarray(img, dtype=np.uint8)
+            arr = _to_array(img, params, path)
     except (OSError, UnidentifiedImageError) as e:
         raise DataError(f"imagefolder: cannot read {path}: {e}", hint="delete or replace the file.") from None
     return arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1).copy()
+
+
+def _to_array(img, params: ImageFolderParams, path: Path) -> np.ndarray:
+    """An open PIL image as uint8 (H, W) or (H, W, 3), in `channels` and resized to `size`."""
+    from PIL import Image
+
+    h, w = params.size
+    if img.mode not in HIGH_BIT_GREY:
+        img = img.convert("L" if params.channels == 1 else "RGB")
+        img = img.resize((w, h), Image.Resampling.BILINEAR)
+        return np.asarray(img, dtype=np.uint8)
+    grey = Image.fromarray(_scale_high_bit(np.asarray(img).astype(np.float64), params.max_value, path), "F")
+    arr = np.asarray(grey.resize((w, h), Image.Resampling.BILINEAR))
+    arr = np.clip(np.rint(arr), 0, 255).astype(np.uint8)  # bilinear stays within the inputs' 0-255
+    return arr if params.channels == 1 else np.repeat(arr[..., None], 3, axis=2)
+
+
+def _scale_high_bit(values: np.ndarray, max_value: int | None, path: Path) -> np.ndarray:
+    """16/32-bit grey values scaled to float32 0-255 (see `ImageFolder`); out-of-range values are an error."""
+    lo, hi = float(values.min()), float(values.max())
+    if max_value is not None:
+        if lo < 0 or hi > max_value:
+            raise DataError(f"imagefolder: {path} holds values {lo:g} to {hi:g}, outside 0 to max_value = {max_value}",
+                            hint=f"raise `max_value` to at least {hi:g} (65535 for full 16-bit), or unset it to "
+                                 "scale each image by its own maximum.")
+        lo, hi = 0.0, float(max_value)
+    else:
+        lo = min(lo, 0.0)
+    return ((values - lo) * (255.0 / max(hi - lo, 1e-12))).astype(np.float32)

@@ -2,8 +2,10 @@
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 from jadekit_imagefolder.adapter import ImageFolder, ImageFolderParams
+from PIL import Image
 
 from jadekit.errors import DataError
 from jadekit.testing import assert_dataset
@@ -77,3 +79,61 @@ def test_corrupt_image(split_tree):
 def test_no_split_folders_without_test_share(flat_tree):
     with pytest.raises(DataError, match="no train/ and test/"):
         ImageFolder().load(flat_tree, "train", ImageFolderParams(path="pets", classes=CLASSES), False)
+
+
+# --- 16-bit grey images (X-rays), hidden entries ---------------------------------------------
+
+
+def _xray_tree(root: Path, top: int = 4000) -> np.ndarray:
+    """A train/test tree whose images are 16-bit grey PNGs with values 0 to `top` - 1."""
+    ramp = (np.arange(40 * 100) * top // (40 * 100)).reshape(40, 100).astype(np.uint16)
+    for split in ("train", "test"):
+        for c in CLASSES:
+            (root / "xray" / split / c).mkdir(parents=True)
+            Image.fromarray(ramp).save(root / "xray" / split / c / "a.png")
+    return ramp
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+def test_16_bit_grey_is_scaled_not_clipped(tmp_path, channels):
+    ramp = _xray_tree(tmp_path)
+    with Image.open(tmp_path / "xray" / "train" / "cat" / "a.png") as img:
+        assert img.mode.startswith("I;16")  # the file really is 16-bit
+    params = ImageFolderParams(path="xray", classes=CLASSES, size=(40, 100), channels=channels)
+    x = ImageFolder().load(tmp_path, "train", params, False).images[0].numpy()
+    assert x.shape == (channels, 40, 100)
+    expected = np.rint(ramp * 255.0 / ramp.max())  # scaled by the image's own maximum
+    assert np.abs(x.astype(float) - expected).max() <= 1
+    assert (x == 255).mean() < 0.01 and x.min() == 0 and x.max() == 255  # not 90 % white
+    fixed = ImageFolder().load(tmp_path, "train", params.model_copy(update={"max_value": 65535}), False)
+    assert int(fixed.images.max()) == round(3999 * 255 / 65535)
+    assert_dataset(ImageFolder(), root=tmp_path, params=params)
+
+
+def test_16_bit_values_above_max_value_are_an_error(tmp_path):
+    _xray_tree(tmp_path)
+    params = ImageFolderParams(path="xray", classes=CLASSES, size=(8, 8), channels=1, max_value=1000)
+    with pytest.raises(DataError, match="outside 0 to max_value = 1000") as err:
+        ImageFolder().load(tmp_path, "train", params, False)
+    assert "a.png" in err.value.message and "3999" in err.value.hint
+
+
+def test_32_bit_integer_grey_is_scaled():
+    from jadekit_imagefolder.adapter import _to_array
+
+    values = np.array([[-100, 0], [50_000, 100_000]], dtype=np.int32)
+    params = ImageFolderParams(path="x", classes=CLASSES, size=(2, 2), channels=1)
+    out = _to_array(Image.fromarray(values, "I"), params, Path("x.png"))
+    assert out.dtype == np.uint8 and out.tolist() == [[0, 0], [128, 255]]  # minimum -100 maps to 0
+
+
+@pytest.mark.parametrize(("tree", "base", "test_share", "n_train"), [("split_tree", "pets/train", None, 8),
+                                                                     ("flat_tree", "pets", 0.25, 8)])
+def test_hidden_entries_are_ignored(request, tree, base, test_share, n_train):
+    root = request.getfixturevalue(tree)
+    (root / base / ".ipynb_checkpoints" / "cat").mkdir(parents=True)
+    (root / base / "cat" / "._0.png").write_bytes(b"macOS metadata, not a png")
+    (root / base / "cat" / ".ipynb_checkpoints").mkdir()
+    params = ImageFolderParams(path="pets", classes=CLASSES, test_share=test_share)
+    train = ImageFolder().load(root, "train", params, False)
+    assert len(train) == n_train and not any(f.name.startswith(".") for f in train.files)

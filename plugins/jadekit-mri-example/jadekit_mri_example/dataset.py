@@ -111,7 +111,8 @@ def read_volume(path: Path) -> np.ndarray:
                 import nibabel
             except ImportError:
                 raise DataError(f"mri-slices: reading {path} needs nibabel",
-                                hint="pip install 'jadekit-mri-example[nifti]'") from None
+                                hint="pip install 'nibabel>=5' (the plugin's `nifti` extra; from a jadekit checkout: "
+                                     "pip install -e 'plugins/jadekit-mri-example[nifti]')") from None
             volume = np.asarray(nibabel.load(path).get_fdata(), dtype=np.float32)
         elif path.suffix == ".npz":
             with np.load(path) as f:

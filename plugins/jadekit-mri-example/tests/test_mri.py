@@ -6,9 +6,10 @@ import numpy as np
 import pytest
 import torch
 from jadekit_mri_example.backbone import MRICNN64
-from jadekit_mri_example.dataset import MRIParams, MRISlices
+from jadekit_mri_example.dataset import MRIParams, MRISlices, read_volume
 from jadekit_mri_example.synthetic import CLASSES, write_cohort
 
+from jadekit.data.splits import stratified_subset, train_val_split
 from jadekit.errors import DataError
 from jadekit.testing import assert_backbone, assert_dataset, check_dataset
 
@@ -38,6 +39,22 @@ def test_patient_level_split(tmp_path):
     assert set(other.groups.tolist()) != set(test.groups.tolist())
 
 
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_labelled_and_validation_draws_keep_patients_whole(tmp_path, seed):
+    """With the slices' patient groups, train, validation and test share no patient."""
+    write_cohort(tmp_path / "cohort", 6, shape=SMALL)
+    p = _params(central=1.0)
+    train, test = (MRISlices().load(tmp_path, s, p, False) for s in ("train", "test"))
+    g = torch.Generator().manual_seed(seed)
+    picked = stratified_subset(train.labels, 10, None, g, train.class_names, groups=train.groups)
+    tr, va = train_val_split(picked, train.labels, 0.2, g, groups=train.groups)
+    patients = [set(train.groups[tr].tolist()), set(train.groups[va].tolist()), set(test.groups.tolist())]
+    assert all(patients) and not (patients[0] & patients[1] or patients[0] & patients[2] or patients[1] & patients[2])
+    for pid in patients[0] | patients[1]:  # each drawn patient brings all of its slices
+        assert int((train.groups[picked] == pid).sum()) == int((train.groups == pid).sum()) == SMALL[2]
+    assert torch.bincount(train.labels[picked]).tolist() == [12, 12]  # 2 patients of 6 slices reach 10
+
+
 def test_conformance_catches_a_leaky_split(tmp_path, monkeypatch):
     write_cohort(tmp_path / "cohort", 3, shape=SMALL)
     import jadekit_mri_example.dataset as ds
@@ -51,6 +68,23 @@ def test_conformance_catches_a_leaky_split(tmp_path, monkeypatch):
 def test_nifti(tmp_path):
     write_cohort(tmp_path / "cohort", 3, shape=SMALL, fmt="nii.gz")
     assert_dataset(MRISlices(), root=tmp_path, params=_params(), determinism=False)
+
+
+def test_nifti_hint_without_nibabel(tmp_path, monkeypatch):
+    import builtins
+
+    real_import = builtins.__import__
+
+    def no_nibabel(name, *args, **kwargs):
+        if name == "nibabel":
+            raise ImportError(name)
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_nibabel)
+    (tmp_path / "x.nii.gz").write_bytes(b"")
+    with pytest.raises(DataError, match="needs nibabel") as err:
+        read_volume(tmp_path / "x.nii.gz")
+    assert "pip install 'nibabel>=5'" in err.value.hint and "plugins/jadekit-mri-example[nifti]" in err.value.hint
 
 
 def test_errors(tmp_path):
