@@ -395,3 +395,18 @@ def test_real_shared_data():
     assert usps.images.shape == (7_291, 1, 16, 16)
     counts = torch.bincount(usps.labels, minlength=10).tolist()
     assert counts == [1194, 1005, 731, 658, 652, 556, 664, 645, 542, 644]
+
+
+def test_prepared_domain_keeps_patients_whole_across_train_and_validation():
+    from jadekit.config import DataConfig
+    from jadekit.data.base import ImageSet
+    from jadekit.data.prepare import prepare_domain
+
+    labels = torch.arange(40) // 20  # 2 classes, 4 patients each, 5 images per patient
+    groups = torch.arange(40) // 5
+    train = ImageSet(torch.zeros(40, 1, 4, 4, dtype=torch.uint8), labels, ("a", "b"), (), groups)
+    test = ImageSet(torch.zeros(4, 1, 4, 4, dtype=torch.uint8), torch.tensor([0, 1, 0, 1]), ("a", "b"))
+    for seed in range(5):
+        d = prepare_domain(train, test, DataConfig(dataset="x", labels_per_class=10, val_share=0.5), seed, "p")
+        tr, va = (set(groups[torch.tensor(d.indices[s])].tolist()) for s in ("train", "val"))
+        assert tr and va and not tr & va  # patients on one side only: selection never sees a training patient
