@@ -116,35 +116,42 @@ def summary_markdown(finals: Iterable[dict], title: str) -> str:
     return to_markdown(summarize(finals), title, seed_differences(finals))
 
 
-CSV_COLUMNS = ("method", "primary_error_mean", "primary_error_std", "auxiliary_error_mean", "auxiliary_error_std", "n",
-               "minus", "primary_error_se", "seeds_won", "seeds_tied")
+CSV_COLUMNS = ("method", "primary_error_mean", "primary_error_std", "auxiliary_error_mean", "auxiliary_error_std", "n")
+DIFFERENCE_COLUMNS = ("method", "minus", "n", "primary_error_mean", "primary_error_std", "primary_error_se",
+                      "seeds_won", "seeds_tied")
 
 
-def to_csv(rows: list[dict], differences: list[dict] | None = None) -> str:
-    """One row per method (`minus` empty), then one per pair of methods: `method` minus `minus`, seed by seed.
-
-    A method's row: its test errors' mean, std and n (seeds). A difference row: the primary test error of
-    `method` minus that of `minus` over their n shared seeds, as mean, std and standard error (`primary_error_se`),
-    and the seeds `method` won (lower error) and tied; its auxiliary cells stay empty. Undefined values
-    (a std of one seed, no auxiliary error) are empty cells.
-    """
+def to_csv(rows: list[dict]) -> str:
+    """One row per method: its test errors' mean, std and n (seeds); undefined values (a std of one seed, no
+    auxiliary error) are empty cells."""
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
     w.writerow(CSV_COLUMNS)
     for r in rows:
         p, a = r["primary_test_error"], r["auxiliary_test_error"]
-        w.writerow([r["method"], p["mean"], p["std"], a["mean"], a["std"], p["n"], None, None, None, None])
-    for d in differences or []:
+        w.writerow([r["method"], p["mean"], p["std"], a["mean"], a["std"], p["n"]])
+    return buf.getvalue()
+
+
+def differences_csv(differences: list[dict]) -> str:
+    """One row per pair of methods: the primary test error of `method` minus that of `minus` over their n shared
+    seeds, as mean, std and standard error, and the seeds `method` won (lower error) and tied."""
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(DIFFERENCE_COLUMNS)
+    for d in differences:
         a, b = d["methods"]
-        w.writerow([a, d["mean"], d["std"], None, None, len(d["seeds"]), b, d["se"], d["won"], d["tied"]])
+        w.writerow([a, b, len(d["seeds"]), d["mean"], d["std"], d["se"], d["won"], d["tied"]])
     return buf.getvalue()
 
 
 def write_summary(out_dir: Path, finals: Iterable[dict], title: str) -> list[dict]:
-    """Write summary.md, summary.csv and summary.json into `out_dir`; return the rows."""
+    """Write summary.md, summary.csv (per method), summary-differences.csv (per pair of methods) and summary.json
+    into `out_dir`; return the rows."""
     finals = list(finals)
     rows, differences = summarize(finals), seed_differences(finals)
     atomic_write_text(out_dir / "summary.md", to_markdown(rows, title, differences))
-    atomic_write_text(out_dir / "summary.csv", to_csv(rows, differences))
+    atomic_write_text(out_dir / "summary.csv", to_csv(rows))
+    atomic_write_text(out_dir / "summary-differences.csv", differences_csv(differences))
     atomic_write_json(out_dir / "summary.json", {"title": title, "rows": rows, "differences": differences})
     return rows
