@@ -89,10 +89,10 @@ def auroc(logits: torch.Tensor, labels: torch.Tensor) -> float:
     Two classes: the binary AUROC of class 1 (scored by logit 1 − logit 0, i.e. by its probability).
     More: the unweighted mean of one-vs-rest AUROCs, each class scored by its log-softmax
     (ranked as its softmax probability, without float32 saturation ties); a class absent from the labels
-    (or making up all of them) has no AUROC and is left out. NaN when no class can be scored.
+    (or making up all of them) has no AUROC and is left out. NaN when no class can be scored, or a score is NaN.
     """
-    if not len(labels) or logits.ndim != 2 or logits.shape[1] < 2:
-        return math.nan
+    if not len(labels) or logits.ndim != 2 or logits.shape[1] < 2 or torch.isnan(logits).any():
+        return math.nan  # NaN scores cannot be ranked
     logits, labels = logits.detach().double().cpu(), labels.long().cpu()
     if logits.shape[1] == 2:
         return binary_auroc(logits[:, 1] - logits[:, 0], labels == 1)

@@ -25,13 +25,15 @@ def _git_commit() -> str | None:
     """The commit of the jadekit checkout in use ("+dirty" with uncommitted changes); None unless jadekit runs from
     its own git checkout (an editable install), e.g. not from a site-packages that happens to lie in some repository."""
     here = Path(__file__).resolve().parent
+    git = ["git", "--no-optional-locks", "-C", str(here)]  # never take the index lock of the user's checkout
     try:
-        top = subprocess.run(["git", "-C", str(here), "rev-parse", "--show-toplevel"], capture_output=True, text=True,
-                             timeout=10)
+        top = subprocess.run([*git, "rev-parse", "--show-toplevel"], capture_output=True, text=True, timeout=10)
         if top.returncode != 0 or Path(top.stdout.strip()).resolve() != here.parent:
             return None
-        head = subprocess.run(["git", "-C", str(here), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10)
-        dirty = subprocess.run(["git", "-C", str(here), "status", "--porcelain", "--untracked-files=no"],
+        head = subprocess.run([*git, "rev-parse", "--verify", "HEAD"], capture_output=True, text=True, timeout=10)
+        if head.returncode != 0:  # a repository without commits
+            return None
+        dirty = subprocess.run([*git, "status", "--porcelain", "--untracked-files=no"],
                                capture_output=True, text=True, timeout=10).stdout.strip()
     except (OSError, subprocess.SubprocessError):  # no git, or it hangs
         return None

@@ -121,6 +121,19 @@ def evaluate_split(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, dom
     return classification_metrics(predict_logits(model, x, domain), y)
 
 
+def _check_same_draw(run_dir: Path, drawn: dict) -> None:
+    """A resumed run must train on the labelled subset it started with (indices.json), not a new draw."""
+    try:
+        recorded = json.loads((run_dir / "indices.json").read_text())
+    except (OSError, ValueError):
+        return  # an older or damaged run directory: nothing to compare with
+    if recorded != drawn:
+        raise RunDirError(f"{run_dir} was trained on another labelled subset than this recipe draws now "
+                          "(indices.json differs: the data, the recipe's data tables or jadekit's draw changed)",
+                          hint="run with --force to start again on the new draw, or restore the data and versions "
+                               "it was trained with (provenance.json).")
+
+
 def train_one(
     method: Method,
     seed: int,
@@ -151,6 +164,7 @@ def train_one(
         atomic_write_json(run_dir / "indices.json", {d: data[d].indices for d in DOMAINS})
         (run_dir / METRICS).unlink(missing_ok=True)
     else:
+        atomic_write_text(run_dir / "recipe.toml", tomli_w.dumps(run_recipe_dict(recipe)))  # what trains it from now on
         notes += apply_optimizer_settings(trainer, t.lr, t.weight_decay)
         on_resume(trainer.state.step, notes)
 
@@ -311,8 +325,8 @@ def run_recipe(
     runs = [(method, seed) for method in recipe.experiment.methods for seed in recipe.experiment.seeds]
     for method, seed in runs if not force else ():  # a checkpoint that cannot be resumed fails here, not mid-study
         run_dir = run_dir_for(recipe.experiment.output_dir, method, seed)
-        if _finished(run_dir / FINAL, recipe.train.steps) is None:
-            check_checkpoint(method, resolved, run_dir)
+        if _finished(run_dir / FINAL, recipe.train.steps) is None and check_checkpoint(method, resolved, run_dir):
+            _check_same_draw(run_dir, {d: cache.domain(d, seed).indices for d in DOMAINS})
     check_output_dir(recipe, resume, force)
     finals: dict[tuple[Method, int], dict] = {}
     for method, seed in runs:

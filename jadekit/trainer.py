@@ -262,15 +262,15 @@ def _mismatch(run_dir: Path, e: Exception) -> RunDirError:
                        hint="run with --force to discard it and start again, or restore the recipe it was trained with.")
 
 
-def check_checkpoint(method: Method, resolved: Resolved, run_dir: Path) -> None:
-    """Raise RunDirError unless `run_dir`'s checkpoint (if any) can be resumed by this recipe.
+def check_checkpoint(method: Method, resolved: Resolved, run_dir: Path) -> bool:
+    """Raise RunDirError unless `run_dir`'s checkpoint (if any) can be resumed by this recipe; True if there is one.
 
     Checks what can be checked without the data: the model's weights load, and the run is not past
     `train.steps`. The runner calls this for every unfinished run before it changes the output directory.
     """
     ckpt_path = run_dir / CHECKPOINT
     if not (ckpt_path.exists() or previous_checkpoint(ckpt_path).exists()):
-        return
+        return False
     ckpt, _ = load_checkpoint(ckpt_path)
     try:
         step, steps = ckpt["loop"]["step"], resolved.recipe.train.steps
@@ -280,6 +280,7 @@ def check_checkpoint(method: Method, resolved: Resolved, run_dir: Path) -> None:
     if step > steps:
         raise RunDirError(f"the checkpoint in {run_dir} is at step {step}, past this recipe's train.steps = {steps}",
                           hint="raise train.steps to continue it, or pass --force to discard it and start again.")
+    return True
 
 
 def resume_from_checkpoint(trainer: Trainer, run_dir: Path) -> list[str] | None:

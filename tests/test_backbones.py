@@ -100,7 +100,7 @@ def test_timm_pretrained_weights_that_cannot_be_fetched_say_so(monkeypatch):
         raise OSError("We couldn't connect to 'https://huggingface.co'")
 
     monkeypatch.setattr(timm, "create_model", offline)
-    with pytest.raises(PluginError, match="cannot load the pretrained weights of 'resnet18'") as e:
+    with pytest.raises(PluginError, match="cannot build 'resnet18' with pretrained weights") as e:
         Timm().encoder((1, 16, 16), 4, TimmParams(model_name="resnet18", pretrained=True))
     assert "pretrained = false" in e.value.hint and "list_models" not in e.value.hint
 

@@ -410,3 +410,16 @@ def test_prepared_domain_keeps_patients_whole_across_train_and_validation():
         d = prepare_domain(train, test, DataConfig(dataset="x", labels_per_class=10, val_share=0.5), seed, "p")
         tr, va = (set(groups[torch.tensor(d.indices[s])].tolist()) for s in ("train", "val"))
         assert tr and va and not tr & va  # patients on one side only: selection never sees a training patient
+
+
+def test_a_validation_share_that_sets_no_patient_aside_is_an_error():
+    from jadekit.config import DataConfig
+    from jadekit.data.base import ImageSet
+    from jadekit.data.prepare import prepare_domain
+
+    labels, groups = torch.arange(40) // 20, torch.arange(40) // 10  # 2 patients of 10 images per class
+    train = ImageSet(torch.zeros(40, 1, 4, 4, dtype=torch.uint8), labels, ("a", "b"), (), groups)
+    test = ImageSet(torch.zeros(2, 1, 4, 4, dtype=torch.uint8), torch.tensor([0, 1]), ("a", "b"))
+    with pytest.raises(DataError, match="sets nothing aside") as e:  # 5 per class = one patient each: none for validation
+        prepare_domain(train, test, DataConfig(dataset="x", labels_per_class=5, val_share=0.2), 0, "primary")
+    assert "val_share = 0" in e.value.hint

@@ -233,7 +233,7 @@ def test_held_out_records_say_what_data_was_used(trained, bar_data_root, tmp_pat
     data = json.loads(Path(out["records"][0]["written_to"]).read_text())["results"][0]["data"]
     assert data["dataset"] == "mnist" and data["split"] == "test" and data["params"] == {}
     assert data["root"] == str(bar_data_root.resolve()) and data["resize"] == [16, 16]
-    assert len(data["fingerprint"]) == 16 and len(data["files"]) == 2
+    assert len(data["fingerprint"]) == 16 and data["n_files"] == 2
     assert out["data"] == [data]
     assert f"- data: mnist test split, params {{}}, root {data['root']}, resize 16x16, data fingerprint " in out["markdown"]
 

@@ -195,3 +195,10 @@ def test_free_suffix_never_overwrites_any_of_the_files_it_names(tmp_path):
     assert free_suffix(paths) == "-2"
     (tmp_path / "run" / "eval-usps-test-2.json").write_text("{}")  # taken for one file: taken for all
     assert free_suffix(paths) == "-3"
+
+
+def test_auroc_of_nan_scores_is_nan():
+    from jadekit.metrics import auroc
+
+    logits = torch.tensor([[0.0, 1.0], [float("nan"), 0.0], [1.0, 0.0]])
+    assert math.isnan(auroc(logits, torch.tensor([1, 0, 0])))

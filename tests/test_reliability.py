@@ -453,3 +453,22 @@ def test_checkpoint_holds_the_cuda_rng_state_of_the_run_device_and_restores_it_o
     trainer("cuda:3").load_state_dict(old)  # more GPUs then than now: nothing to restore, no crash
     assert restored == [(1, "cuda:0"), (1, "cuda:1")]
     assert "cuda" not in trainer("cpu").state_dict(recipe)["rng"]
+
+
+def test_a_resume_on_another_labelled_draw_is_refused_and_a_resume_rewrites_the_run_recipe(tmp_path, write_recipe):
+    recipe = write_recipe(tmp_path, steps=6)
+    run_dir = tmp_path / RUN_DIR
+    with contextlib.chdir(tmp_path):
+        assert run_cli(["run", str(recipe)]).exit_code == 0
+        longer = ["run", str(recipe), "--resume", "--set", "train.steps=8"]
+        drawn = json.loads((run_dir / "indices.json").read_text())
+        other = {**drawn, "primary": {**drawn["primary"], "train": drawn["primary"]["train"][::-1]}}
+        io.atomic_write_json(run_dir / "indices.json", other)  # as if the data or jadekit's draw had changed
+        marker = (tmp_path / "out" / "jadekit-output.json").read_bytes()
+        refused = run_cli(longer)
+        assert (tmp_path / "out" / "jadekit-output.json").read_bytes() == marker
+        io.atomic_write_json(run_dir / "indices.json", drawn)
+        resumed = run_cli(longer)
+    assert refused.exit_code == 2 and "another labelled subset" in refused.output, refused.output
+    assert resumed.exit_code == 0, resumed.output
+    assert load_recipe(run_dir / "recipe.toml").train.steps == 8  # eval judges the run against what trained it

@@ -43,16 +43,16 @@ class Timm:
         import timm  # imported only when a recipe names this backbone
 
         p = TimmParams.model_validate(params.model_dump())
-        if not timm.is_model(p.model_name):
+        if ":" not in p.model_name and not timm.is_model(p.model_name):  # `hf-hub:...` / `local-dir:...` names load by path
             raise PluginError(f"timm has no model '{p.model_name}'",
                               hint="pick a name from `timm.list_models()` (e.g. `timm.list_models('resnet*')`).")
         try:
             trunk = timm.create_model(p.model_name, pretrained=p.pretrained, num_classes=0, in_chans=in_shape[0])
         except Exception as e:
-            if p.pretrained:  # a known name: the weights could not be fetched (offline) or loaded
-                raise PluginError(f"timm cannot load the pretrained weights of '{p.model_name}': {first_line(e)}",
-                                  hint="connect to the internet once (timm caches the weights under ~/.cache/huggingface), "
-                                       "or set pretrained = false.") from None
+            if p.pretrained:  # a known name: most often the weights could not be fetched (offline)
+                raise PluginError(f"timm cannot build '{p.model_name}' with pretrained weights: {first_line(e)}",
+                                  hint="if offline, connect to the internet once (timm caches the weights under "
+                                       "~/.cache/huggingface) or set pretrained = false; else check its params.") from None
             raise PluginError(f"timm cannot build '{p.model_name}': {first_line(e)}",
                               hint="check its params (model_name, decoder_channels) and the image shape.") from None
         return _Encoder(trunk, out_dim)

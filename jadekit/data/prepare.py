@@ -77,6 +77,11 @@ def prepare_domain(train: ImageSet, test: ImageSet, cfg: DataConfig, seed: int, 
     g = torch.Generator().manual_seed(seed)
     picked = stratified_subset(train.labels, cfg.labels_per_class, cfg.limit, g, train.class_names, what, groups=train.groups)
     tr, va = train_val_split(picked, train.labels, cfg.val_share, g, groups=train.groups)  # patients kept whole
+    if cfg.val_share > 0 and len(va) == 0:
+        unit = "patients (groups)" if train.groups is not None else "images"
+        raise DataError(f"{what}: val_share = {cfg.val_share} sets nothing aside: no class has two {unit} in the "
+                        f"labelled subset of {len(picked)} images",
+                        hint="raise labels_per_class (or limit), or set val_share = 0 to validate on the training images.")
     return DomainData(
         train.images[tr], train.labels[tr], train.images[va], train.labels[va], test.images, test.labels,
         train.class_names, {"train": tr.tolist(), "val": va.tolist()},
