@@ -124,8 +124,9 @@ def _grouped_subset(
                 name = class_names[c] if c < len(class_names) else str(c)
                 raise DataError(
                     f"{what}: labels_per_class = {per_class}, but class '{name}' has only {sizes[c]} samples "
-                    f"(in {len(pool)} groups, e.g. patients)",
-                    hint=f"lower labels_per_class to at most {min(sizes)}.",
+                    f"(in {len(pool)} groups, e.g. patients; a group counts for its most common label)",
+                    hint=f"lower labels_per_class to at most {min(sizes)}." if min(sizes) else
+                    f"give class '{name}' groups where it is the most common label, or check the labels and groups.",
                 )
         pools = [_whole_groups_until(pool, per_class) for pool in pools]
         sizes = [sum(len(g) for g in pool) for pool in pools]
