@@ -171,20 +171,28 @@ def run(
         resolved = _load(recipe, set_)
         handled = (signal.SIGINT, signal.SIGTERM)
         previous = {s: signal.signal(s, on_signal) for s in handled}
+        progress = Progress(*columns, console=err, transient=False)
+
+        def bars(method: str, seed: int, steps: int) -> list[ProgressBar]:
+            if not progress.live.is_started:  # shown from the first run on: an input error before it leaves no blank line
+                progress.start()
+            return [ProgressBar(progress, method, seed, steps)]
+
+        events = RunEvents(
+            callbacks_for=bars,
+            on_resume=on_resume,
+            on_skip=lambda m, s, f: progress.console.print(f"{m} seed {s}: finished earlier, skipped"),
+            on_done=lambda m, s, f: progress.console.print(
+                f"{m} seed {s}: primary test error {f['primary_test_error']:.2f}%"
+                + (f", auxiliary {f['auxiliary_test_error']:.2f}%" if f["auxiliary_test_error"] is not None else "")
+            ),
+        )
         try:
-            with Progress(*columns, console=err, transient=False) as progress:
-                events = RunEvents(
-                    callbacks_for=lambda m, s, steps: [ProgressBar(progress, m, s, steps)],
-                    on_resume=on_resume,
-                    on_skip=lambda m, s, f: progress.console.print(f"{m} seed {s}: finished earlier, skipped"),
-                    on_done=lambda m, s, f: progress.console.print(
-                        f"{m} seed {s}: primary test error {f['primary_test_error']:.2f}%"
-                        + (f", auxiliary {f['auxiliary_test_error']:.2f}%" if f["auxiliary_test_error"] is not None else "")
-                    ),
-                )
-                finals = run_recipe(resolved, resume=resume, force=force, events=events,
-                                    stop_requested=lambda: stop["requested"], jobs=jobs)
+            finals = run_recipe(resolved, resume=resume, force=force, events=events,
+                                stop_requested=lambda: stop["requested"], jobs=jobs)
         finally:
+            if progress.live.is_started:
+                progress.stop()
             for s, handler in previous.items():
                 signal.signal(s, handler)
     out.print(summary_markdown(finals, resolved.recipe.experiment.name), highlight=False)
