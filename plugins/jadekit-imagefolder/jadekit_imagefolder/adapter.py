@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
+import re
+from collections import Counter
 from pathlib import Path
 from typing import ClassVar, Literal
 
@@ -35,6 +38,23 @@ class ImageFolderParams(BaseModel):
         "16-bit); a pixel above it (or below 0) is an error. Unset: each image is scaled by its own maximum.",
     )
 
+    group_pattern: str | None = Field(
+        None,
+        description="Regular expression searched in each file name; its first capture group (or the whole "
+        "match) names the image's group, e.g. a patient: `^(patient\\d+)_`. Groups are never split.",
+    )
+
+    @field_validator("group_pattern")
+    @classmethod
+    def _regex(cls, v: str | None) -> str | None:
+        if v is None:
+            return v
+        try:
+            re.compile(v)
+        except re.error as e:
+            raise ValueError(f"group_pattern `{v}` is not a valid regular expression: {e}") from None
+        return v
+
     @field_validator("classes")
     @classmethod
     def _unique(cls, v: list[str]) -> list[str]:
@@ -54,6 +74,11 @@ class ImageFolder:
     scaled to 0-255, never clipped: value * 255 / `max_value`, or, with `max_value` unset,
     value * 255 / the image's own maximum (0 stays 0; an image with negative values maps
     its minimum to 0 instead). 8-bit images are converted unchanged.
+
+    With `group_pattern`, each image's group (e.g. a patient) is read from its file name and
+    returned as `ImageSet.groups`: an int64 id hashed from the group's name, so one name has
+    the same id in both splits and in every run. `test_share` then splits whole groups, and in
+    the train/test layout a group found in both folders is an error.
     """
 
     Params: ClassVar[type[BaseModel]] = ImageFolderParams
@@ -70,13 +95,34 @@ class ImageFolder:
         """
         base = Path(root) / params.path  # an absolute `path` replaces the root
         files, labels = _split_files(base, split, params)
+        groups = None
+        if params.group_pattern is not None:
+            groups = torch.tensor([group_id(_group_name(f, params.group_pattern)) for f in files], dtype=torch.int64)
         images = np.stack([_read(f, params) for f in files])
         return ImageSet(
             images=torch.from_numpy(images),
             labels=torch.tensor(labels, dtype=torch.int64),
             class_names=tuple(params.classes),
             files=tuple(files),
+            groups=groups,
         )
+
+
+def group_id(name: str) -> int:
+    """A group name's int64 id: stable across splits, runs and machines (a hash, not an index)."""
+    return int.from_bytes(hashlib.blake2b(name.encode(), digest_size=8).digest(), "big") >> 1  # non-negative
+
+
+def _group_name(path: Path, pattern: str) -> str:
+    """The group named by `pattern` in a file's name: its first capture group, else the whole match."""
+    m = re.search(pattern, path.name)
+    name = None if m is None else (m.group(1) if m.re.groups else m.group(0))
+    if not name:
+        what = "does not match" if m is None else "matches with an empty group in"
+        raise DataError(f"imagefolder: group_pattern `{pattern}` {what} the file name of {path}",
+                        hint="rename the file so that the pattern finds its group (e.g. patient), move it out "
+                             "of the tree, or fix `group_pattern` (it is searched in the file name only).")
+    return name
 
 
 def _class_files(folder: Path, classes: list[str]) -> list[list[Path]]:
@@ -112,10 +158,14 @@ def _split_files(base: Path, split: Split, params: ImageFolderParams) -> tuple[l
             raise DataError(f"imagefolder: {base} has no train/ and test/ subfolders",
                             hint="add them, or set `test_share` to split the class folders.")
         per_class = _class_files(base / split, params.classes)
+        if params.group_pattern is not None:
+            _check_no_shared_group(base, split, per_class, params)
+    elif has_split_folders:
+        raise DataError(f"imagefolder: {base} has train/ and test/ subfolders but `test_share` is set",
+                        hint="unset `test_share` to use the subfolders.")
+    elif params.group_pattern is not None:
+        per_class = _grouped_split(_class_files(base, params.classes), split, params)
     else:
-        if has_split_folders:
-            raise DataError(f"imagefolder: {base} has train/ and test/ subfolders but `test_share` is set",
-                            hint="unset `test_share` to use the subfolders.")
         per_class = []
         for c, found in enumerate(_class_files(base, params.classes)):
             # One generator per class, so adding images to one class leaves the others' split unchanged.
@@ -126,8 +176,49 @@ def _split_files(base: Path, split: Split, params: ImageFolderParams) -> tuple[l
     files = [f for found in per_class for f in found]
     labels = [c for c, found in enumerate(per_class) for _ in found]
     if not files:
-        raise DataError(f"imagefolder: the {split} split of {base} is empty", hint="add images, or change `test_share`.")
+        raise DataError(f"imagefolder: the {split} split of {base} is empty",
+                        hint="add images (with `group_pattern`: more groups), or change `test_share`.")
     return files, labels
+
+
+def _check_no_shared_group(base: Path, split: Split, per_class: list[list[Path]], params: ImageFolderParams) -> None:
+    """train/ and test/ layout: no group may have images in both folders (only names are read)."""
+    pattern = params.group_pattern
+    assert pattern is not None
+    other = "test" if split == "train" else "train"
+    mine = {_group_name(f, pattern) for found in per_class for f in found}
+    theirs = {_group_name(f, pattern) for found in _class_files(base / other, params.classes) for f in found}
+    shared = sorted(mine & theirs)
+    if shared:
+        raise DataError(f"imagefolder: {len(shared)} group(s) have images in both {base / 'train'} and "
+                        f"{base / 'test'}, e.g. {shared[:5]}",
+                        hint="move each group's (patient's) images into one of the two folders, or fix "
+                             "`group_pattern`.")
+
+
+def _grouped_split(per_class: list[list[Path]], split: Split, params: ImageFolderParams) -> list[list[Path]]:
+    """`test_share` of whole groups, seeded: each group goes to one side with all its images.
+
+    Groups are stratified by their most common class (ties: the first in `classes`): of each
+    class's groups, sorted by name and shuffled by one generator per class, `test_share`
+    (rounded, at least one and never all when there are two or more) go to test.
+    """
+    pattern = params.group_pattern
+    assert pattern is not None
+    counts: dict[str, Counter[int]] = {}
+    for c, found in enumerate(per_class):
+        for f in found:
+            counts.setdefault(_group_name(f, pattern), Counter())[c] += 1
+    by_class: list[list[str]] = [[] for _ in per_class]
+    for name in sorted(counts):
+        n = counts[name]
+        by_class[min(n, key=lambda c: (-n[c], c))].append(name)  # its most common class
+    test_groups = set()
+    for c, names in enumerate(by_class):
+        order = np.random.default_rng([params.split_seed, c]).permutation(len(names))
+        n_test = min(max(1, round(len(names) * params.test_share)), len(names) - 1) if len(names) > 1 else 0
+        test_groups.update(names[i] for i in order[:n_test])
+    return [[f for f in found if (_group_name(f, pattern) in test_groups) == (split == "test")] for found in per_class]
 
 
 HIGH_BIT_GREY = frozenset({"I", "I;16", "I;16L", "I;16B", "I;16N"})

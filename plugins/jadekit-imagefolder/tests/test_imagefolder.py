@@ -4,6 +4,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from jadekit_imagefolder.adapter import ImageFolder, ImageFolderParams
 from PIL import Image
 
@@ -137,3 +138,95 @@ def test_hidden_entries_are_ignored(request, tree, base, test_share, n_train):
     params = ImageFolderParams(path="pets", classes=CLASSES, test_share=test_share)
     train = ImageFolder().load(root, "train", params, False)
     assert len(train) == n_train and not any(f.name.startswith(".") for f in train.files)
+
+
+# --- groups (patients) from file names ---------------------------------------------------------
+
+
+def _patient_tree(folder: Path, patients: dict[str, dict[str, int]]) -> None:
+    """`patients[name][cls]` grey PNGs named `<name>_slice<i>.png` in each class folder."""
+    rng = np.random.default_rng(0)
+    for c in CLASSES:
+        (folder / c).mkdir(parents=True, exist_ok=True)
+    for name, per_class in patients.items():
+        for c, n in per_class.items():
+            for i in range(n):
+                Image.fromarray(rng.integers(0, 255, (6, 6), dtype=np.uint8), "L").save(folder / c / f"{name}_slice{i}.png")
+
+
+# 12 patients; some have images in both classes (e.g. a normal and a diseased slice)
+PATIENTS = {f"patient{i:03d}": ({"cat": 2 + i % 3} if i % 2 else {"dog": 1 + i % 2}) | ({"dog": 1} if i % 4 == 1 else {})
+            for i in range(12)}
+PATTERN = r"^(patient\d+)_"
+
+
+def _names(data) -> list[str]:
+    return [f.name.split("_")[0] for f in data.files]
+
+
+def test_groups_from_file_names_are_stable_ids(tmp_path):
+    from jadekit_imagefolder.adapter import group_id
+
+    _patient_tree(tmp_path / "scans" / "train", {k: v for k, v in PATIENTS.items() if k < "patient008"})
+    _patient_tree(tmp_path / "scans" / "test", {k: v for k, v in PATIENTS.items() if k >= "patient008"})
+    params = ImageFolderParams(path="scans", classes=CLASSES, size=(6, 6), channels=1, group_pattern=PATTERN)
+    assert_dataset(ImageFolder(), root=tmp_path, params=params)
+    for split in ("train", "test"):
+        data = ImageFolder().load(tmp_path, split, params, False)
+        assert data.groups is not None and data.groups.dtype == torch.int64 and len(data.groups) == len(data)
+        assert data.groups.tolist() == [group_id(n) for n in _names(data)]  # same name, same id, in any split
+        assert all(0 <= g < 2**63 for g in data.groups.tolist())
+    assert len(set(ImageFolder().load(tmp_path, "train", params, False).groups.tolist())) == 8
+    # no capture group: the whole match names the group
+    whole = ImageFolder().load(tmp_path, "train", params.model_copy(update={"group_pattern": r"patient\d+"}), False)
+    assert whole.groups.tolist() == [group_id(n) for n in _names(whole)]
+    # without group_pattern, no groups
+    assert ImageFolder().load(tmp_path, "train", params.model_copy(update={"group_pattern": None}), False).groups is None
+
+
+def test_test_share_keeps_groups_whole(tmp_path):
+    _patient_tree(tmp_path / "scans", PATIENTS)
+    params = ImageFolderParams(path="scans", classes=CLASSES, size=(6, 6), channels=1, test_share=0.25,
+                               group_pattern=PATTERN)
+    assert_dataset(ImageFolder(), root=tmp_path, params=params)
+    train = ImageFolder().load(tmp_path, "train", params, False)
+    test = ImageFolder().load(tmp_path, "test", params, False)
+    assert not set(train.groups.tolist()) & set(test.groups.tolist())
+    assert not set(_names(train)) & set(_names(test))
+    assert len(train) + len(test) == sum(sum(v.values()) for v in PATIENTS.values())  # every image, once
+    assert set(test.labels.tolist()) == {0, 1} and set(train.labels.tolist()) == {0, 1}  # stratified by class
+    assert len(set(_names(test))) == 4  # round(6 * 0.25) = 2 of each class's 6 groups (by majority class)
+    seeds = {frozenset(_names(ImageFolder().load(tmp_path, "test", params.model_copy(update={"split_seed": s}),
+                                                 False))) for s in range(4)}
+    assert len(seeds) > 1  # the seed changes which patients are held out
+
+
+def test_patient_in_both_train_and_test_folders_is_an_error(tmp_path):
+    _patient_tree(tmp_path / "scans" / "train", {"patient001": {"cat": 1}, "patient002": {"dog": 1}})
+    _patient_tree(tmp_path / "scans" / "test", {"patient002": {"cat": 1}, "patient003": {"dog": 1}})
+    params = ImageFolderParams(path="scans", classes=CLASSES, size=(6, 6), group_pattern=PATTERN)
+    for split in ("train", "test"):
+        with pytest.raises(DataError, match=r"both .*'patient002'"):
+            ImageFolder().load(tmp_path, split, params, False)
+
+
+@pytest.mark.parametrize("test_share", [None, 0.5])
+def test_file_not_matching_group_pattern_is_an_error(tmp_path, test_share):
+    folder = tmp_path / "scans" / ("train" if test_share is None else "")
+    _patient_tree(folder, {"patient001": {"cat": 2}, "patient002": {"dog": 2}})
+    if test_share is None:
+        _patient_tree(tmp_path / "scans" / "test", {"patient003": {"cat": 1, "dog": 1}})
+    Image.fromarray(np.zeros((4, 4), dtype=np.uint8), "L").save(folder / "dog" / "scan7.png")
+    params = ImageFolderParams(path="scans", classes=CLASSES, test_share=test_share, group_pattern=PATTERN)
+    with pytest.raises(DataError, match="does not match") as err:
+        ImageFolder().load(tmp_path, "train", params, False)
+    assert "scan7.png" in err.value.message and PATTERN in err.value.message
+    assert "rename" in err.value.hint and "group_pattern" in err.value.hint
+
+
+@pytest.mark.parametrize("pattern", [r"^(patient\d+_", "[", r"(?P<x>a)(?P<x>b)"])
+def test_bad_group_pattern_is_a_validation_error(pattern):
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match="not a valid regular expression"):
+        ImageFolderParams(path="scans", classes=CLASSES, group_pattern=pattern)
