@@ -270,6 +270,7 @@ def check_backbone(
     shapes: Sequence[tuple[int, int, int]] = DEFAULT_SHAPES,
     latent_dims: Sequence[int] = DEFAULT_LATENT_DIMS,
     batch: int = 3,
+    shapes_option: str = "shapes=",
 ) -> list[str]:
     """Check a backbone against the contract; returns every problem found.
 
@@ -284,19 +285,8 @@ def check_backbone(
         shapes: image shapes (C, H, W) to try.
         latent_dims: latent / output sizes to try.
         batch: batch size of the probe tensors.
+        shapes_option: how the caller passes other shapes, named when none works (`--shape C,H,W` in the CLI).
     """
-    return _check_backbone(backbone, params, shapes, latent_dims, batch, shapes_option="shapes=")
-
-
-def _check_backbone(
-    backbone: object,
-    params: BaseModel | Mapping[str, Any] | None,
-    shapes: Sequence[tuple[int, int, int]],
-    latent_dims: Sequence[int],
-    batch: int,
-    shapes_option: str,
-) -> list[str]:
-    """`check_backbone`, naming the caller's own way to pass other shapes (`shapes=`, `--shape`)."""
     backbone, p, problems = _prepare(backbone, check_backbone_object, params)
     if p is None:
         return problems

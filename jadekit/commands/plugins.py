@@ -151,7 +151,7 @@ def plugins_check(
                 what = "Params and info()" if data_root is None else f"train and test splits under {data_root}"
             else:
                 shapes = [_parse_shape(s) for s in shape] if shape else testing.DEFAULT_SHAPES
-                problems = testing._check_backbone(obj, p, shapes, testing.DEFAULT_LATENT_DIMS, 3, shapes_option="--shape C,H,W")
+                problems = testing.check_backbone(obj, p, shapes=shapes, shapes_option="--shape C,H,W")
                 what = f"shapes tried {[tuple(s) for s in shapes]}, latent sizes {list(testing.DEFAULT_LATENT_DIMS)}"
             if problems:
                 failed = True
