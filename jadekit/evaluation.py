@@ -31,7 +31,7 @@ from jadekit.errors import DataError, RecipeError, RunDirError, first_line
 from jadekit.io import atomic_write_json, atomic_write_text, load_checkpoint
 from jadekit.metrics import classification_report
 from jadekit.summary import mean_std, seed_differences, summarize, to_markdown
-from jadekit.trainer import CHECKPOINT
+from jadekit.trainer import CHECKPOINT, has_checkpoint
 
 RECIPE_FILE = "recipe.toml"
 OWN = "recipe"  # dataset label of an evaluation on the recipe's own test splits
@@ -75,11 +75,6 @@ def is_run_dir(path: Path) -> bool:
 def find_runs(path: Path) -> list[Path]:
     """Run directories under an output directory (`<out>/<method>/seed-<n>/`), sorted."""
     return sorted(p.parent for p in Path(path).glob(f"*/seed-*/{RECIPE_FILE}"))
-
-
-def has_checkpoint(run_dir: Path) -> bool:
-    ckpt = Path(run_dir) / CHECKPOINT
-    return ckpt.exists() or ckpt.with_suffix(ckpt.suffix + ".prev").exists()
 
 
 def load_run(run_dir: Path, overrides: list[str] | None = None, device: torch.device | str = "cpu") -> LoadedRun:

@@ -32,10 +32,10 @@ from jadekit.trainer import (
     batch_drawer,
     build_checked_model,
     check_checkpoint,
+    has_checkpoint,
     loss_weights,
     make_sampler,
     make_trainer,
-    previous_checkpoint,
     probe_model,
     resume_from_checkpoint,
 )
@@ -158,13 +158,12 @@ def train_one(
     run_dir.mkdir(parents=True, exist_ok=True)
     ckpt_path = run_dir / CHECKPOINT
     notes = resume_from_checkpoint(trainer, run_dir)
+    atomic_write_text(run_dir / "recipe.toml", tomli_w.dumps(run_recipe_dict(recipe)))  # on resume: what trains it on
     if notes is None:
         notes = []
-        atomic_write_text(run_dir / "recipe.toml", tomli_w.dumps(run_recipe_dict(recipe)))
         atomic_write_json(run_dir / "indices.json", {d: data[d].indices for d in DOMAINS})
         (run_dir / METRICS).unlink(missing_ok=True)
     else:
-        atomic_write_text(run_dir / "recipe.toml", tomli_w.dumps(run_recipe_dict(recipe)))  # what trains it from now on
         notes += apply_optimizer_settings(trainer, t.lr, t.weight_decay)
         on_resume(trainer.state.step, notes)
 
@@ -186,7 +185,7 @@ def train_one(
     started = time.perf_counter()
     start_step = trainer.state.step
     checkpointer = Checkpointer(ckpt_path, trainer, recipe)
-    checkpointer.last_step = start_step if (ckpt_path.exists() or previous_checkpoint(ckpt_path).exists()) else None
+    checkpointer.last_step = start_step if has_checkpoint(run_dir) else None
     all_callbacks = [MetricsWriter(run_dir / METRICS), checkpointer, *callbacks]
     where = f"{method} seed {seed}"
     try:
@@ -323,17 +322,17 @@ def run_recipe(
     cache = DataCache(resolved)
     preflight(resolved, cache)
     runs = [(method, seed) for method in recipe.experiment.methods for seed in recipe.experiment.seeds]
-    for method, seed in runs if not force else ():  # a checkpoint that cannot be resumed fails here, not mid-study
+    finals: dict[tuple[Method, int], dict] = {}
+    for method, seed in runs if not force else ():  # --force discards every run when it claims the directory
         run_dir = run_dir_for(recipe.experiment.output_dir, method, seed)
-        if _finished(run_dir / FINAL, recipe.train.steps) is None and check_checkpoint(method, resolved, run_dir):
+        final = _finished(run_dir / FINAL, recipe.train.steps)
+        if final is not None:
+            finals[(method, seed)] = final
+        elif check_checkpoint(method, resolved, run_dir):  # one that cannot be resumed fails here, not mid-study
             _check_same_draw(run_dir, {d: cache.domain(d, seed).indices for d in DOMAINS})
     check_output_dir(recipe, resume, force)
-    finals: dict[tuple[Method, int], dict] = {}
-    for method, seed in runs:
-        final = _finished(run_dir_for(recipe.experiment.output_dir, method, seed) / FINAL, recipe.train.steps)
-        if final is not None:
-            events.on_skip(method, seed, final)
-            finals[(method, seed)] = final
+    for (method, seed), final in finals.items():
+        events.on_skip(method, seed, final)
     pending = [run for run in runs if run not in finals]
     if jobs > 1 and len(pending) > 1:
         from jadekit.parallel import train_in_workers

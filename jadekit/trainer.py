@@ -253,6 +253,12 @@ def previous_checkpoint(path: Path) -> Path:
     return path.with_suffix(path.suffix + ".prev")
 
 
+def has_checkpoint(run_dir: Path) -> bool:
+    """Whether a run directory holds a checkpoint to resume or evaluate (the newest, or its `.prev`)."""
+    ckpt_path = Path(run_dir) / CHECKPOINT
+    return ckpt_path.exists() or previous_checkpoint(ckpt_path).exists()
+
+
 _MISMATCH = (KeyError, RuntimeError, ValueError, TypeError, IndexError)  # what loading a foreign state raises
 
 
@@ -268,10 +274,9 @@ def check_checkpoint(method: Method, resolved: Resolved, run_dir: Path) -> bool:
     Checks what can be checked without the data: the model's weights load, and the run is not past
     `train.steps`. The runner calls this for every unfinished run before it changes the output directory.
     """
-    ckpt_path = run_dir / CHECKPOINT
-    if not (ckpt_path.exists() or previous_checkpoint(ckpt_path).exists()):
+    if not has_checkpoint(run_dir):
         return False
-    ckpt, _ = load_checkpoint(ckpt_path)
+    ckpt, _ = load_checkpoint(run_dir / CHECKPOINT)
     try:
         step, steps = ckpt["loop"]["step"], resolved.recipe.train.steps
         build_checked_model(method, resolved).load_state_dict(ckpt["model"])
@@ -293,9 +298,9 @@ def resume_from_checkpoint(trainer: Trainer, run_dir: Path) -> list[str] | None:
     Returns:
         Notes on what was met (a damaged file and the fallback used); empty when all was well.
     """
-    ckpt_path = run_dir / CHECKPOINT
-    if not (ckpt_path.exists() or previous_checkpoint(ckpt_path).exists()):
+    if not has_checkpoint(run_dir):
         return None
+    ckpt_path = run_dir / CHECKPOINT
     ckpt, notes = load_checkpoint(ckpt_path)
     if notes and ckpt_path.exists():
         os.replace(ckpt_path, ckpt_path.with_suffix(".pt.corrupt"))
