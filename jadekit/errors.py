@@ -55,6 +55,10 @@ class DataError(JadekitError):
     """Data files are missing, corrupt, or do not fit the recipe (classes, shapes, counts)."""
 
 
+class MissingFilesError(DataError):
+    """A split's data files are absent and could not be downloaded (`data.files.missing_files_error`)."""
+
+
 class RunDirError(JadekitError):
     """An output or run directory cannot be used as asked (foreign recipe, unwritable, corrupt)."""
 

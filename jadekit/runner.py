@@ -19,7 +19,15 @@ from jadekit.data.base import ImageSet
 from jadekit.data.prepare import DomainData, fingerprint, load_split, prepare_domain
 from jadekit.engine.evaluate import classification_metrics, predict_logits
 from jadekit.engine.loop import Callback, LoopPlan, fit, restore_best
-from jadekit.errors import RESUME_HINT, DataError, Interrupted, JadekitError, RunDirError, TrainingDiverged
+from jadekit.errors import (
+    RESUME_HINT,
+    DataError,
+    Interrupted,
+    JadekitError,
+    MissingFilesError,
+    RunDirError,
+    TrainingDiverged,
+)
 from jadekit.io import atomic_write_json, atomic_write_text
 from jadekit.provenance import versions
 from jadekit.summary import write_summary
@@ -377,7 +385,7 @@ def load_every_split(cache: DataCache) -> None:
     if len(problems) == 1:
         raise problems[0]
     if problems:
-        missing = [e for e in problems if "data files not found" in e.message]  # each names its own layout: say it once
+        missing = [e for e in problems if isinstance(e, MissingFilesError)]  # each names its own layout: say it once
         hints = ([_MISSING_FILES_HINT] if missing else []) + list(dict.fromkeys(
             e.hint for e in problems if e.hint and e not in missing))
         raise DataError(f"{len(problems)} data problems:\n" + "\n".join(e.message for e in problems),

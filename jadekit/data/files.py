@@ -8,14 +8,14 @@ import zlib
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from jadekit.errors import DataError
+from jadekit.errors import DataError, MissingFilesError
 
 _ROOT_WAYS = '`root = "..."` in the recipe\'s [primary] or [auxiliary] table, or the environment variable JADEKIT_DATA'
 
 
 def missing_files_error(
     dataset: str, split: str, missing: Sequence[str], cause: str | None = None, layout: Sequence[str] = ()
-) -> DataError:
+) -> MissingFilesError:
     """The one error raised when a split's files are absent and cannot be downloaded.
 
     Args:
@@ -34,7 +34,7 @@ def missing_files_error(
         hint = f"check the internet connection and try again, put the files at the paths above yourself, or {other_root}"
     else:
         hint = f"put the files at the paths above, {other_root}, or set `download = true` to fetch them (needs internet)"
-    return DataError(message, hint=hint)
+    return MissingFilesError(message, hint=hint)
 
 
 def corrupt_file_error(path: Path, problem: str | Exception) -> DataError:
