@@ -91,7 +91,7 @@ def stratified_subset(
     if limit is not None and limit < total:
         take = _largest_remainders([len(p) for p in pools], limit)
         pools = [p[:t] for p, t in zip(pools, take, strict=True)]
-    picked = torch.cat(pools) if pools else torch.empty(0, dtype=torch.long)
+    picked = _cat(pools)
     return picked[torch.randperm(len(picked), generator=generator)]
 
 
@@ -160,13 +160,18 @@ def train_val_split(
     if groups is not None:
         train_g, val_g = [], []
         for pool in _grouped_by_class(labels[indices], groups[indices], generator):
-            n_val = min(max(1, round(val_share * len(pool))), len(pool) - 1) if len(pool) >= 2 else 0
+            n_val = _n_val(len(pool), val_share)
             val_g += pool[:n_val]
             train_g += pool[n_val:]
         return indices[_cat(train_g)], indices[_cat(val_g)]
     train, val = [], []
     for pool in _shuffled_by_class(labels[indices], generator):
-        n_val = min(max(1, round(val_share * len(pool))), len(pool) - 1) if len(pool) >= 2 else 0
+        n_val = _n_val(len(pool), val_share)
         val.append(indices[pool[:n_val]])
         train.append(indices[pool[n_val:]])
     return torch.cat(train), torch.cat(val)
+
+
+def _n_val(n: int, val_share: float) -> int:
+    """How many of a class's `n` samples (or groups) go to validation: the share, rounded, at least one, never all."""
+    return min(max(1, round(val_share * n)), n - 1) if n >= 2 else 0
