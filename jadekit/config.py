@@ -137,6 +137,10 @@ class TrainConfig(Strict):
     auxiliary_batch_size: PositiveInt | None = Field(
         None, description="Auxiliary samples per step; default batch_size."
     )
+    primary_sampling: Literal["shuffled", "class_balanced"] = Field(
+        "shuffled", description="shuffled: the primary pool is read epoch by epoch; class_balanced: each sample's class "
+        "is drawn uniformly from the classes present, then an image at random within it (for imbalanced data).",
+    )
     auxiliary_sampling: Literal["class_matched", "shuffled"] = Field(
         "class_matched", description="class_matched: each auxiliary batch holds the primary batch's classes; shuffled: "
         "the auxiliary pool is read epoch by epoch, classes as they come.",
@@ -171,10 +175,18 @@ class TrainConfig(Strict):
     @field_validator("device")
     @classmethod
     def _device(cls, v: str) -> str:
-        base = v.split(":")[0]
-        if base not in {"auto", "cpu", "cuda", "mps"} or (":" in v and not v.split(":")[1].isdigit()):
-            raise ValueError(f"unknown device '{v}'; use auto, cpu, cuda, cuda:N or mps")
+        if not is_device_name(v):
+            raise ValueError(f"unknown device '{v}'; {DEVICE_NAMES}")
         return v
+
+
+DEVICE_NAMES = "use auto, cpu, cuda, cuda:N or mps"
+
+
+def is_device_name(name: str) -> bool:
+    """auto, cpu, cuda, cuda:N or mps: the device names of `train.device` and `--device`."""
+    base, colon, index = name.partition(":")
+    return base in ("auto", "cpu", "cuda", "mps") and (not colon or (base == "cuda" and index.isdigit()))
 
 
 class Recipe(Strict):
@@ -212,13 +224,19 @@ def _toml_repr(value: Any) -> str:
 
 
 def format_validation_error(err: ValidationError, prefix: str = "") -> list[str]:
-    """Render pydantic errors as `key.path: message` lines (type errors say what was given and what to write)."""
+    """Render pydantic errors as `key.path: message` lines (type errors say what was given and what to write).
+
+    prefix: a recipe table the keys sit in (`model.primary_backbone.params`), or a CLI option that passed them
+    (`--param`: lines then read `--param key: ...`, and an unknown key is an unknown parameter of a plugin).
+    """
+    option = prefix.startswith("--")
     lines = []
     for e in err.errors():
-        loc = ".".join(str(p) for p in (prefix, *e["loc"]) if p != "")
+        key = ".".join(str(p) for p in e["loc"])
+        loc = f"{prefix} {key or '(all)'}" if option else ".".join(p for p in (prefix, key) if p)
         msg = e["msg"]
         if e["type"] == "extra_forbidden":
-            msg = "unknown key (check its spelling; see docs/recipes.md)"
+            msg = "unknown parameter" if option else "unknown key (check its spelling; see docs/recipes.md)"
         elif e["type"] in _TYPE_FIXES:
             msg = f"{msg} (got {_toml_repr(e['input'])}); {_TYPE_FIXES[e['type']]}"
         lines.append(f"{loc or '(recipe)'}: {msg}")

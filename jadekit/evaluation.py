@@ -29,8 +29,8 @@ from jadekit.data.prepare import fingerprint, load_split
 from jadekit.engine.evaluate import predict_logits, to_float
 from jadekit.errors import DataError, RecipeError, RunDirError, first_line
 from jadekit.io import atomic_write_json, atomic_write_text, load_checkpoint
-from jadekit.metrics import classification_report
-from jadekit.summary import mean_std, seed_differences, summarize, to_markdown
+from jadekit.metrics import classification_report, group_report
+from jadekit.summary import fmt, mean_std, seed_differences, summarize, to_markdown
 from jadekit.trainer import CHECKPOINT, has_checkpoint
 
 RECIPE_FILE = "recipe.toml"
@@ -247,10 +247,14 @@ def elbo_terms(run: LoadedRun, images: torch.Tensor, labels: torch.Tensor, domai
 
 
 def evaluate_set(run: LoadedRun, s: EvalSet) -> dict:
-    """Every metric of `jadekit.metrics` (and the ELBO terms for jade) on one set, with what the set was."""
+    """Every metric of `jadekit.metrics` (and the ELBO terms for jade) on one set, with what the set was; for data
+    with groups (patients) also `per_group`: the same metrics of one prediction per group."""
     logits = predict_logits(run.model, s.data.images.to(run.device), s.domain)  # type: ignore[arg-type]
+    names = run.resolved.class_names
     result = {"dataset": s.dataset, "split": s.split, "domain": s.domain, "data": data_record(s),
-              **classification_report(logits.cpu(), s.data.labels, run.resolved.class_names)}
+              **classification_report(logits.cpu(), s.data.labels, names)}
+    if s.data.groups is not None:  # e.g. patients: one prediction each, from the mean probability of its images
+        result["per_group"] = group_report(logits.cpu(), s.data.labels, s.data.groups, names)
     if run.method == "jade":
         result["elbo"] = elbo_terms(run, s.data.images, s.data.labels, s.domain)
     return result
@@ -293,7 +297,8 @@ METRICS = ("error", "accuracy", "balanced_accuracy", "macro_f1", "auroc", "ece",
 
 
 def aggregate(records: list[dict]) -> dict:
-    """Table-1 rows (summary.py) plus mean ± std of every metric per method and domain."""
+    """Table-1 rows (summary.py) plus mean ± std of every metric per method and domain (and per group of images,
+    `<domain> per group`, where the data has groups)."""
     finals, by_method = [], {}
     for r in records:
         res = {x["domain"]: x for x in r["results"]}
@@ -304,6 +309,10 @@ def aggregate(records: list[dict]) -> dict:
             slot = by_method.setdefault(r["method"], {}).setdefault(domain, {m: [] for m in METRICS})
             for m in METRICS:
                 slot[m].append(x[m])
+            if "error" in x.get("per_group", {}):
+                group_slot = by_method[r["method"]].setdefault(f"{domain} per group", {m: [] for m in METRICS})
+                for m in METRICS:
+                    group_slot[m].append(x["per_group"][m])
     detail = {m: {d: {k: mean_std(v) for k, v in metrics.items()} for d, metrics in doms.items()} for m, doms in by_method.items()}
     return {"rows": summarize(finals), "differences": seed_differences(finals), "metrics": detail}
 
@@ -311,6 +320,11 @@ def aggregate(records: list[dict]) -> dict:
 def run_label(run_dir: str | Path) -> str:
     """`<method>/seed-<n>` of a run directory."""
     return f"{Path(run_dir).parent.name}/{Path(run_dir).name}"
+
+
+def trained_steps(w: dict) -> str:
+    """`trained 22 of 400 steps`, from `LoadedRun.weights`."""
+    return f"trained {w['trained_steps']} of {w['recipe_steps']} steps"
 
 
 def progress_note(w: dict) -> str:
@@ -337,6 +351,19 @@ def _header(records: list[dict], unfinished: list[dict], included: bool) -> list
         what = "includes" if included else "leaves out"
         lines.append(f"- {what} unfinished runs: {', '.join(progress_note(w) for w in unfinished)}")
     return lines
+
+
+def _group_table(detail: dict) -> list[str]:
+    """Markdown lines of the per-group (patient) metrics in `aggregate(...)["metrics"]`, or none."""
+    rows = [(method, domain.removesuffix(" per group"), m) for method, doms in detail.items()
+            for domain, m in doms.items() if domain.endswith(" per group")]
+    if not rows:
+        return []
+    lines = ["", "Per group of images (e.g. per patient; one prediction each, from the mean probability of its "
+             "images), mean ± std over seeds:", "",
+             "| method | domain | error (%) | balanced accuracy | AUROC | n |", "| --- | --- | --- | --- | --- | --- |"]
+    return lines + [f"| {method} | {domain} | {fmt(m['error'])} | {fmt(m['balanced_accuracy'])} | {fmt(m['auroc'])} "
+                    f"| {m['error']['n']} |" for method, domain, m in rows]
 
 
 def evaluate_output_dir(out_dir: Path, title: str | None = None, include_unfinished: bool = False,
@@ -378,6 +405,8 @@ def evaluate_output_dir(out_dir: Path, title: str | None = None, include_unfinis
     markdown = to_markdown(agg["rows"], title or records[0]["experiment"], agg["differences"])
     title_line, rest = markdown.split("\n", 1)
     markdown = "\n".join([title_line, "", *_header(records, unfinished, include_unfinished), rest])
+    if group_lines := _group_table(agg["metrics"]):
+        markdown = markdown.rstrip("\n") + "\n" + "\n".join(group_lines) + "\n"
     md_path = md_path.with_name(f"{md_path.stem}{suffix}.md")
     summary = {"runs": [r["run_dir"] for r in records], "run_files": [r["written_to"] for r in records],
                "data": distinct_data(records), "unfinished": unfinished, **agg, "markdown": markdown}

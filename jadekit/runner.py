@@ -14,7 +14,7 @@ import tomli_w
 import torch
 
 from jadekit.build import DOMAINS, Resolved, parameter_counts
-from jadekit.config import Method, Recipe, changed_keys, recipe_to_dict
+from jadekit.config import DEVICE_NAMES, Method, Recipe, changed_keys, is_device_name, recipe_to_dict
 from jadekit.data.base import ImageSet
 from jadekit.data.prepare import DomainData, fingerprint, load_split, prepare_domain
 from jadekit.engine.evaluate import classification_metrics, predict_logits
@@ -55,8 +55,14 @@ def run_dir_for(output_dir: Path, method: str, seed: int) -> Path:
     return Path(output_dir) / method / f"seed-{seed}"
 
 
-def pick_device(requested: str) -> torch.device:
-    """auto → CUDA, else MPS, else CPU; an explicit device must exist."""
+def pick_device(requested: str, setting: str = "train.device") -> torch.device:
+    """auto → CUDA, else MPS, else CPU; an explicit device must exist. Errors name `setting` (the recipe key, or a
+    CLI option such as `--device`) and say how to set it instead."""
+    option = setting.startswith("--")
+    choose = f"use {setting} auto (CUDA, else MPS, else CPU) or {setting} cpu." if option else \
+        f'set {setting} = "auto" (CUDA, else MPS, else CPU) or "cpu".'
+    if not is_device_name(requested):
+        raise JadekitError(f"{setting} {requested!r}: unknown device", hint=f"{DEVICE_NAMES}.")
     if requested == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda")
@@ -64,9 +70,9 @@ def pick_device(requested: str) -> torch.device:
             return torch.device("mps")
         return torch.device("cpu")
     if requested.startswith("cuda") and not torch.cuda.is_available():
-        raise JadekitError(f"train.device = '{requested}', but CUDA is not available here", hint="use device = 'auto' or 'cpu'.")
+        raise JadekitError(f"{setting} {requested!r}: CUDA is not available on this machine", hint=choose)
     if requested == "mps" and not torch.backends.mps.is_available():
-        raise JadekitError("train.device = 'mps', but MPS is not available here", hint="use device = 'auto' or 'cpu'.")
+        raise JadekitError(f"{setting} {requested!r}: MPS is not available on this machine", hint=choose)
     return torch.device(requested)
 
 

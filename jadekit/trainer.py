@@ -162,6 +162,7 @@ def make_sampler(data: dict[str, DomainData], train: TrainConfig, seed: int, use
         train.auxiliary_batch_size or train.batch_size,
         seed,
         train.auxiliary_sampling,
+        train.primary_sampling,
     )
 
 

@@ -234,6 +234,7 @@ CASES: list[Case] = [
     ("duplicate-seeds", lambda c: c.edit("seeds = [0]", "seeds = [0, 0]"), "entries must be unique", 2),
     ("dropout-one", lambda c: c.add("model", "dropout = 1.0"), "model.dropout", 2),
     ("unknown-device", lambda c: c.edit('device = "cpu"', 'device = "gpu"'), "unknown device 'gpu'", 2),
+    ("device-index-on-auto", lambda c: c.edit('device = "cpu"', 'device = "auto:0"'), "unknown device 'auto:0'", 2),
     # --set overrides
     ("set-no-equals", lambda c: c.args.extend(["--set", "train.lr"]), "expected key.path=value", 2),
     ("set-empty-key", lambda c: c.args.extend(["--set", "train..lr=1"]), "expected key.path=value", 2),

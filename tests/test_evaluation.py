@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import json
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+import torch
 from pydantic import BaseModel
 from typer.testing import CliRunner
 
 from jadekit import registry
 from jadekit.cli import app
-from jadekit.data.base import DatasetInfo, NoParams
+from jadekit.data.base import DatasetInfo, ImageSet, NoParams
 
 runner = CliRunner()
 
@@ -238,6 +240,53 @@ def test_held_out_records_say_what_data_was_used(trained, bar_data_root, tmp_pat
     assert f"- data: mnist test split, params {{}}, root {data['root']}, resize 16x16, data fingerprint " in out["markdown"]
 
 
+def patients_of(group_of: Callable[[torch.Tensor], torch.Tensor]):
+    """A dataset 'patients': USPS's images and labels, each image given a patient id `group_of(labels)`."""
+    usps = registry.datasets.load("usps")
+
+    class Patients:
+        Params = usps.Params
+
+        def info(self, params):
+            return usps.info(params)
+
+        def load(self, root, split, params, download):
+            s = usps.load(root, split, params, download)
+            return ImageSet(s.images, s.labels, s.class_names, s.files, group_of(s.labels))
+
+    return Patients()
+
+
+@pytest.mark.parametrize("mixed", [False, True])
+def test_data_with_patients_is_also_scored_one_prediction_per_patient(trained, bar_data_root, tmp_path, monkeypatch,
+                                                                      mixed):
+    """A dataset with groups (patients) gets `per_group` metrics: one prediction per patient from the mean probability
+    of its images, in each record and as a table in the summary; patients whose images differ in class have none."""
+    def three_per_class(y):
+        return torch.arange(len(y)) % 3 if mixed else y * 10 + torch.arange(len(y)) % 3
+
+    real_load = registry.datasets.load
+    monkeypatch.setattr(registry.datasets, "load",
+                        lambda name: patients_of(three_per_class) if name == "patients" else real_load(name))
+    runs = copy_runs(trained, tmp_path / "runs")
+    out = eval_json(str(runs), "--dataset", "patients", "--root", str(bar_data_root))
+    run = next(r for r in out["records"] if r["method"] == "jade")["run_dir"]
+    group = json.loads(Path(eval_json(run, "--dataset", "patients", "--root", str(bar_data_root))["written_to"])
+                       .read_text())["results"][0]["per_group"]
+    if mixed:
+        assert group == {"n_groups": 3, "undefined": "3 of 3 groups hold images of more than one class, so a group "
+                                                     "has no single label"}
+        assert "Per group" not in out["markdown"] and "per group" not in " ".join(out["metrics"]["jade"])
+        return
+    labels = registry.datasets.load("usps").load(bar_data_root, "test", NoParams(), False).labels
+    assert group["n_groups"] == len(torch.unique(three_per_class(labels)))
+    assert sum(map(sum, group["confusion_matrix"])) == group["n_groups"] == group["n"]
+    assert out["metrics"]["jade"]["primary per group"]["error"]["n"] == 1
+    assert "| jade | primary |" in out["markdown"].split("Per group of images")[1]
+    shown = runner.invoke(app, ["eval", run, "--dataset", "patients", "--root", str(bar_data_root), "--device", "cpu"])
+    assert f"per group ({group['n_groups']}): error (%)" in shown.output
+
+
 def test_nothing_is_written_when_one_run_fails(trained, tmp_path):
     runs = copy_runs(trained, tmp_path / "runs")
     for name in ("checkpoint.pt", "checkpoint.pt.prev"):  # single/seed-0 is evaluated last
@@ -255,13 +304,15 @@ def test_bad_split_and_device_say_how_to_fix_them(trained, monkeypatch):
     result = runner.invoke(app, ["eval", run, "--device", "cuda"])
     assert result.exit_code == 2 and "--device 'cuda': CUDA is not available" in result.output
     assert "fix: use --device auto" in result.output and "train.device" not in result.output
-    result = runner.invoke(app, ["eval", run, "--device", "gpu"])
-    assert result.exit_code == 2 and "unknown device" in result.output and "Traceback" not in result.output
+    for name in ("gpu", "auto:0"):  # the names train.device takes, checked by the same rule
+        result = runner.invoke(app, ["eval", run, "--device", name])
+        assert result.exit_code == 2 and f"--device {name!r}: unknown device" in result.output
+        assert "Traceback" not in result.output
 
 
 def test_dataset_params_are_validated_by_the_adapter(trained):
     result = runner.invoke(app, ["eval", str(trained / "single" / "seed-0"), "--dataset", "mnist", "--param", "colour=1"])
-    assert result.exit_code == 2 and "--param.colour" in result.output
+    assert result.exit_code == 2 and "--param colour: unknown parameter" in result.output
 
 
 def test_options_of_dataset_need_dataset(trained):

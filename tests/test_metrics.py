@@ -202,3 +202,19 @@ def test_auroc_of_nan_scores_is_nan():
 
     logits = torch.tensor([[0.0, 1.0], [float("nan"), 0.0], [1.0, 0.0]])
     assert math.isnan(auroc(logits, torch.tensor([1, 0, 0])))
+
+
+def test_group_prediction_is_the_mean_probability_of_its_images():
+    """Patient 7's two images (p = 0.95 and 0.12 for class 0) average to 0.535: class 0, though a vote of its
+    images is a tie; patient 9's images are both class 1."""
+    p0 = torch.tensor([0.95, 0.12, 0.30, 0.40, 0.20])
+    logits = torch.stack([p0, 1 - p0], 1).log()
+    labels = torch.tensor([0, 0, 1, 1, 1])
+    groups = torch.tensor([7, 7, 3, 9, 9])
+    log_probs, group_labels, mixed = metrics.group_predictions(logits, labels, groups)
+    assert mixed == 0 and group_labels.tolist() == [1, 0, 1]  # groups in id order: 3, 7, 9
+    assert log_probs.exp()[:, 0].tolist() == pytest.approx([0.30, 0.535, 0.30])
+    report = metrics.group_report(logits, labels, groups, ("a", "b"))
+    assert report["n_groups"] == report["n"] == 3 and report["error"] == 0.0
+    assert metrics.group_report(logits, torch.tensor([0, 1, 1, 1, 1]), groups, ("a", "b")) == {
+        "n_groups": 3, "undefined": "1 of 3 groups hold images of more than one class, so a group has no single label"}

@@ -279,15 +279,26 @@ def test_shuffled_auxiliary_reads_its_pool_epoch_by_epoch():
     assert len(a) == 120 and torch.bincount(a, minlength=50).min() == 2
 
 
-def test_shuffled_state_dict_round_trip_continues_identically():
-    a = PairedBatchSampler(PRIMARY, AUXILIARY, 6, 7, seed=5, auxiliary_sampling="shuffled")
-    for _ in range(9):
-        a.next()
-    b = PairedBatchSampler(PRIMARY, AUXILIARY, 6, 7, seed=99, auxiliary_sampling="shuffled")
-    b.load_state_dict({k: v.clone() for k, v in a.state_dict().items()})
-    for _ in range(10):
-        (pa, aa), (pb, ab) = a.next(), b.next()
-        assert torch.equal(pa, pb) and torch.equal(aa, ab)
+def test_class_balanced_primary_sees_rare_classes_as_often_as_common_ones():
+    """`train.primary_sampling = "class_balanced"` on a 50:1 imbalanced pool: classes come out about uniformly,
+    every image drawn is of the class it stands for, and the auxiliary batches still match the primary classes."""
+    labels = torch.cat([torch.zeros(500, dtype=torch.long), torch.ones(10, dtype=torch.long), torch.full((40,), 3)])
+    s = PairedBatchSampler(labels, AUXILIARY, batch_size=60, auxiliary_batch_size=60, seed=0,
+                           primary_sampling="class_balanced")
+    drawn = []
+    for _ in range(100):
+        p, a = s.next()
+        assert set(AUXILIARY[a].tolist()) >= set(labels[p].tolist())
+        drawn.append(p)
+    counts = torch.bincount(labels[torch.cat(drawn)], minlength=4)
+    assert counts[2] == 0  # a class with no images is never asked for
+    share = counts[[0, 1, 3]].float() / counts.sum()
+    assert (share - 1 / 3).abs().max() < 0.03, share  # 6,000 draws: sd of a share about 0.006
+    rare = torch.cat(drawn)[labels[torch.cat(drawn)] == 1]
+    assert set(rare.tolist()) == set(range(500, 510))  # every rare image is used
+    shuffled = PairedBatchSampler(labels, AUXILIARY, batch_size=60, auxiliary_batch_size=60, seed=0)
+    first = labels[torch.cat([shuffled.next()[0] for _ in range(10)])]
+    assert torch.bincount(first, minlength=4)[1] < 30  # the default keeps the data's proportions
 
 
 def test_batch_size_capped_at_pool():
@@ -301,13 +312,13 @@ def test_missing_aux_class_is_a_data_error():
         PairedBatchSampler(PRIMARY, aux, 4, 4, seed=0)
 
 
-def test_state_dict_round_trip_continues_identically():
-    a = PairedBatchSampler(PRIMARY, AUXILIARY, batch_size=6, auxiliary_batch_size=7, seed=5)
-    for _ in range(5):
+@pytest.mark.parametrize("sampling", [{}, {"auxiliary_sampling": "shuffled"}, {"primary_sampling": "class_balanced"}])
+def test_state_dict_round_trip_continues_identically(sampling):
+    a = PairedBatchSampler(PRIMARY, AUXILIARY, batch_size=6, auxiliary_batch_size=7, seed=5, **sampling)
+    for _ in range(9):
         a.next()
-    state = {k: v.clone() if isinstance(v, torch.Tensor) else v for k, v in a.state_dict().items()}
-    b = PairedBatchSampler(PRIMARY, AUXILIARY, batch_size=6, auxiliary_batch_size=7, seed=99)
-    b.load_state_dict(state)
+    b = PairedBatchSampler(PRIMARY, AUXILIARY, batch_size=6, auxiliary_batch_size=7, seed=99, **sampling)
+    b.load_state_dict({k: v.clone() for k, v in a.state_dict().items()})
     for _ in range(10):
         (pa, aa), (pb, ab) = a.next(), b.next()
         assert torch.equal(pa, pb) and torch.equal(aa, ab)

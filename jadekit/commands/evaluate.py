@@ -5,14 +5,11 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Literal
+from typing import Annotated, Literal
 
 import typer
 from rich.markup import escape
 from rich.table import Table
-
-if TYPE_CHECKING:
-    import torch
 
 RunArg = Annotated[Path, typer.Argument(help="A run directory (<output_dir>/<method>/seed-<n>), or an output directory.")]
 OneRunArg = Annotated[Path, typer.Argument(help="A run directory (<output_dir>/<method>/seed-<n>).")]
@@ -37,27 +34,19 @@ def _print_result(r: dict, title: str) -> None:
         t.add_row(k, _num(r[k]))
     for k, v in (r.get("elbo") or {}).items():
         t.add_row(f"elbo.{k}", _num(v, 3))
+    group = r.get("per_group")
+    if group and "error" in group:
+        t.add_row(f"per group ({group['n_groups']}): error (%)", _num(group["error"], 2))
+        for k in ("balanced_accuracy", "auroc"):
+            t.add_row(f"per group: {k}", _num(group[k]))
+    elif group:
+        t.add_row(f"per group ({group['n_groups']})", f"undefined: {group['undefined']}")
     out.print(t)
     names = r["class_names"]
     cm = Table("true \\ pred", *names, "acc", title="confusion matrix (rows: true class)")
     for name, row in zip(names, r["confusion_matrix"], strict=True):
         cm.add_row(name, *(str(v) for v in row), _num(r["per_class_accuracy"][name], 3))
     out.print(cm)
-
-
-def _device(name: str) -> torch.device:
-    """`--device NAME` as a torch device: unknown or unavailable devices are a JadekitError naming --device."""
-    from jadekit.errors import JadekitError
-    from jadekit.runner import pick_device
-
-    base, colon, index = name.partition(":")
-    if base not in ("auto", "cpu", "cuda", "mps") or (colon and not (base == "cuda" and index.isdigit())):
-        raise JadekitError(f"--device {name!r}: unknown device", hint="use --device auto, cpu, cuda, cuda:N or mps.")
-    try:
-        return pick_device(name)
-    except JadekitError:
-        raise JadekitError(f"--device {name!r}: {'CUDA' if base == 'cuda' else 'MPS'} is not available on this machine",
-                           hint="use --device auto (CUDA, else MPS, else CPU) or --device cpu.") from None
 
 
 def _warn(message: str) -> None:
@@ -67,7 +56,9 @@ def _warn(message: str) -> None:
 
 
 def _weights_line(w: dict) -> str:
-    done = "" if w["finished"] else f"; unfinished: trained {w['trained_steps']} of {w['recipe_steps']} steps"
+    from jadekit.evaluation import trained_steps
+
+    done = "" if w["finished"] else f"; unfinished: {trained_steps(w)}"
     return f"weights of step {w['step']} ({w['selected']}){done}"
 
 
@@ -89,6 +80,7 @@ def evaluate(
     from jadekit.cli import out, user_errors
     from jadekit.errors import JadekitError
     from jadekit.evaluation import describe_data, evaluate_path, progress_note, run_label, safe_json
+    from jadekit.runner import pick_device
 
     with user_errors():
         if split not in ("train", "test"):
@@ -102,8 +94,8 @@ def evaluate(
             raise JadekitError("--root, --resize, --split and --param apply to --dataset only",
                                hint="add --dataset NAME, or use --set primary.root=... for the run's own data.")
         s: Literal["train", "test"] = split  # type: ignore[assignment]
-        result = evaluate_path(run_dir, dataset=dataset, root=root, split=s, domain=domain, resize=resize,
-                               overrides=set_, params=param, device=_device(device), include_unfinished=include_unfinished)
+        result = evaluate_path(run_dir, dataset=dataset, root=root, split=s, domain=domain, resize=resize, overrides=set_,
+                               params=param, device=pick_device(device, "--device"), include_unfinished=include_unfinished)
     records = result["records"] if result["kind"] == "summary" else [result]
     for rec in records:
         if not rec["weights"]["finished"] and result["kind"] == "run":
@@ -144,9 +136,10 @@ def report(
     from jadekit.cli import out, user_errors
     from jadekit.evaluation import run_label
     from jadekit.report import build_report
+    from jadekit.runner import pick_device
 
     with user_errors():
-        rep = build_report(run_dir, out_dir, device=_device(device), max_samples=samples)
+        rep = build_report(run_dir, out_dir, device=pick_device(device, "--device"), max_samples=samples)
     if not rep.weights["finished"]:
         _warn(f"{run_label(run_dir)} is unfinished: {_weights_line(rep.weights)}")
     for name, p in rep.probes.items():

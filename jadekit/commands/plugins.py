@@ -74,6 +74,7 @@ def _validate_params(obj: object, params: dict, header: str) -> BaseModel | None
     """
     from pydantic import ValidationError
 
+    from jadekit.config import format_validation_error
     from jadekit.errors import JadekitError
 
     if not params:
@@ -82,10 +83,7 @@ def _validate_params(obj: object, params: dict, header: str) -> BaseModel | None
     try:
         return model.model_validate(params)
     except ValidationError as e:
-        lines = []
-        for error in e.errors():
-            key = ".".join(str(p) for p in error["loc"]) or "(all)"
-            lines.append(f"  --set {key}: {'unknown parameter' if error['type'] == 'extra_forbidden' else error['msg']}")
+        lines = [f"  {line}" for line in format_validation_error(e, prefix="--set")]
         names = ", ".join(model.model_fields)
         hint = f"its parameters are {names}: pass them as --set NAME=VALUE." if names else "it takes no parameters: leave --set out."
         raise JadekitError(f"{header} rejects the --set values:\n" + "\n".join(lines), hint=hint) from None

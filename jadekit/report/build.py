@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from jadekit.evaluation import LoadedRun, load_run, own_test_sets
+from jadekit.evaluation import LoadedRun, load_run, own_test_sets, trained_steps
 from jadekit.io import atomic_write_json, atomic_write_text, read_jsonl
 from jadekit.report import figures
 from jadekit.report.latents import decode, encode, linear_probe, normalised, pca2
@@ -161,7 +161,7 @@ def _write(rep: Report, run: LoadedRun) -> None:
     final = run.run_dir / "final.json"
     md = [f"# {title}", ""]
     w = run.weights
-    unfinished = "" if w["finished"] else f" **Unfinished run: trained {w['trained_steps']} of {w['recipe_steps']} steps.**"
+    unfinished = "" if w["finished"] else f" **Unfinished run: {trained_steps(w)}.**"
     md += [f"Weights of step {w['step']} ({w['selected']}).{unfinished}", ""]
     if final.exists():
         f = json.loads(final.read_text())
