@@ -30,7 +30,7 @@ from jadekit.engine.evaluate import predict_logits, to_float
 from jadekit.errors import DataError, RecipeError, RunDirError, first_line
 from jadekit.io import atomic_write_json, atomic_write_text, load_checkpoint
 from jadekit.metrics import classification_report, group_report
-from jadekit.summary import fmt, mean_std, seed_differences, summarize, to_markdown
+from jadekit.summary import fmt, mean_std, method_order, seed_differences, summarize, to_markdown
 from jadekit.trainer import CHECKPOINT, has_checkpoint
 
 RECIPE_FILE = "recipe.toml"
@@ -310,8 +310,9 @@ def aggregate(records: list[dict]) -> dict:
             for m in METRICS:
                 slot[m].append(x[m])
             if "error" in x.get("per_group", {}):
-                group_slot = by_method[r["method"]].setdefault(f"{domain} per group", {m: [] for m in METRICS})
-                for m in METRICS:
+                group_slot = by_method[r["method"]].setdefault(f"{domain} per group",
+                                                               {m: [] for m in (*METRICS, "n_groups")})
+                for m in (*METRICS, "n_groups"):
                     group_slot[m].append(x["per_group"][m])
     detail = {m: {d: {k: mean_std(v) for k, v in metrics.items()} for d, metrics in doms.items()} for m, doms in by_method.items()}
     return {"rows": summarize(finals), "differences": seed_differences(finals), "metrics": detail}
@@ -355,15 +356,17 @@ def _header(records: list[dict], unfinished: list[dict], included: bool) -> list
 
 def _group_table(detail: dict) -> list[str]:
     """Markdown lines of the per-group (patient) metrics in `aggregate(...)["metrics"]`, or none."""
-    rows = [(method, domain.removesuffix(" per group"), m) for method, doms in detail.items()
-            for domain, m in doms.items() if domain.endswith(" per group")]
+    rows = [(method, domain.removesuffix(" per group"), m) for method in sorted(detail, key=method_order)
+            for domain, m in detail[method].items() if domain.endswith(" per group")]
     if not rows:
         return []
     lines = ["", "Per group of images (e.g. per patient; one prediction each, from the mean probability of its "
-             "images), mean ± std over seeds:", "",
-             "| method | domain | error (%) | balanced accuracy | AUROC | n |", "| --- | --- | --- | --- | --- | --- |"]
-    return lines + [f"| {method} | {domain} | {fmt(m['error'])} | {fmt(m['balanced_accuracy'])} | {fmt(m['auroc'])} "
-                    f"| {m['error']['n']} |" for method, domain, m in rows]
+             "images), mean ± std over runs:", "",
+             "| method | domain | groups | error (%) | balanced accuracy | AUROC | n |",
+             "| --- | --- | --- | --- | --- | --- | --- |"]
+    return lines + [f"| {method} | {domain} | {m['n_groups']['mean']:g} | {fmt(m['error'])} "
+                    f"| {fmt(m['balanced_accuracy'])} | {fmt(m['auroc'])} | {m['error']['n']} |"
+                    for method, domain, m in rows]
 
 
 def evaluate_output_dir(out_dir: Path, title: str | None = None, include_unfinished: bool = False,

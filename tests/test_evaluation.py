@@ -282,7 +282,9 @@ def test_data_with_patients_is_also_scored_one_prediction_per_patient(trained, b
     assert group["n_groups"] == len(torch.unique(three_per_class(labels)))
     assert sum(map(sum, group["confusion_matrix"])) == group["n_groups"] == group["n"]
     assert out["metrics"]["jade"]["primary per group"]["error"]["n"] == 1
-    assert "| jade | primary |" in out["markdown"].split("Per group of images")[1]
+    table = out["markdown"].split("Per group of images")[1]
+    assert f"| jade | primary | {group['n_groups']} |" in table
+    assert table.index("| single |") < table.index("| paired |") < table.index("| jade |")  # Table 1's order
     shown = runner.invoke(app, ["eval", run, "--dataset", "patients", "--root", str(bar_data_root), "--device", "cpu"])
     assert f"per group ({group['n_groups']}): error (%)" in shown.output
 
