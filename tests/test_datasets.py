@@ -363,6 +363,38 @@ def test_failed_download_keeps_what_it_wrote(tmp_path, monkeypatch):
     assert (tmp_path / "new" / "USPS" / "usps.bz2.part").exists()
 
 
+@pytest.mark.parametrize("interrupt", [RuntimeError("connection reset"), KeyboardInterrupt()])
+def test_a_download_cut_short_leaves_no_partial_data_file(tmp_path, monkeypatch, interrupt):
+    """A data file the failed (or Ctrl-C'd) download wrote is removed, so the next run says the file is missing
+    and downloads it again, instead of reading half a file; a file that was there before is never touched."""
+    datasets = pytest.importorskip("torchvision.datasets")
+
+    def cut_short(root, *args, **kwargs):
+        Path(root).mkdir(parents=True, exist_ok=True)
+        (Path(root) / "usps.bz2").write_bytes(b"BZh91AY&SY")  # the first bytes of a bz2 stream
+        raise interrupt
+
+    monkeypatch.setattr(datasets, "USPS", cut_short)
+    with pytest.raises(DataError if isinstance(interrupt, Exception) else KeyboardInterrupt):
+        USPS().load(tmp_path, "train", P, download=True)
+    assert not (tmp_path / "USPS" / "usps.bz2").exists() and not (tmp_path / "USPS").exists()
+    with pytest.raises(DataError, match="data files not found"):
+        USPS().load(tmp_path, "train", P, download=False)
+    raw = tmp_path / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    (raw / "train-images-idx3-ubyte").write_bytes(b"kept")  # there before: MNIST downloads the missing labels
+
+    def labels_cut_short(root, *args, **kwargs):
+        (raw / "train-labels-idx1-ubyte.gz").write_bytes(b"\x1f\x8b")
+        raise interrupt
+
+    monkeypatch.setattr(datasets, "MNIST", labels_cut_short)
+    with pytest.raises(DataError if isinstance(interrupt, Exception) else KeyboardInterrupt):
+        MNIST().load(tmp_path, "train", P, download=True)
+    assert [f.name for f in raw.iterdir()] == ["train-images-idx3-ubyte"]
+    assert (raw / "train-images-idx3-ubyte").read_bytes() == b"kept"
+
+
 def test_download_then_read_with_own_reader(tmp_path, monkeypatch):
     datasets = pytest.importorskip("torchvision.datasets")
     written = {}

@@ -70,7 +70,8 @@ def require_files(
         fetch: downloads the files into place; any exception it raises means failure.
         root: the data root, to name the files' layout under it in the error.
 
-    Directories the download creates are removed again if they are left empty.
+    A download that fails (or is interrupted) leaves none of the wanted files it created, since any of them may be
+    partial, and no folders it created that are left empty; anything else it wrote (e.g. `*.part`) is kept.
 
     Raises:
         DataError: files are missing and `download` is false or the download failed.
@@ -81,11 +82,16 @@ def require_files(
     cause = None
     if download:
         created = _absent_dirs(wanted)
+        existed = {p for alts in wanted for p in alts if p.exists()}
+        fetched = False
         try:
             fetch()
+            fetched = True
         except Exception as e:  # offline, checksum mismatch, server down: all mean "no files"
             cause = _brief(e)
-        finally:  # a failed download leaves no empty folders behind (torchvision creates them first)
+        finally:  # also on Ctrl-C: no partial wanted files, no empty folders (torchvision creates them first)
+            if not fetched:
+                _remove_new_files(wanted, existed)
             _remove_empty(created)
         found = _first_existing(wanted)
         if all(found):
@@ -122,6 +128,12 @@ def _absent_dirs(wanted: Sequence[tuple[Path, ...]]) -> list[Path]:
             absent.add(folder)
             folder = folder.parent
     return sorted(absent, key=lambda d: len(d.parts), reverse=True)
+
+
+def _remove_new_files(wanted: Sequence[tuple[Path, ...]], existed: set[Path]) -> None:
+    """Delete the wanted files a failed download created: they may be cut short, and would then be read as data."""
+    for path in (p for alts in wanted for p in alts if p not in existed):
+        path.unlink(missing_ok=True)
 
 
 def _remove_empty(folders: Sequence[Path]) -> None:
