@@ -186,7 +186,7 @@ DEVICE_NAMES = "use auto, cpu, cuda, cuda:N or mps"
 def is_device_name(name: str) -> bool:
     """auto, cpu, cuda, cuda:N or mps: the device names of `train.device` and `--device`."""
     base, colon, index = name.partition(":")
-    return base in ("auto", "cpu", "cuda", "mps") and (not colon or (base == "cuda" and index.isdigit()))
+    return base in ("auto", "cpu", "cuda", "mps") and (not colon or (base == "cuda" and index.isascii() and index.isdigit()))
 
 
 class Recipe(Strict):
@@ -241,6 +241,13 @@ def format_validation_error(err: ValidationError, prefix: str = "") -> list[str]
             msg = f"{msg} (got {_toml_repr(e['input'])}); {_TYPE_FIXES[e['type']]}"
         lines.append(f"{loc or '(recipe)'}: {msg}")
     return lines
+
+
+def parameters_hint(model: type[BaseModel], option: str) -> str:
+    """The fix for rejected plugin parameters passed with `option` (`--param`, `--set`): the ones that exist."""
+    names = ", ".join(model.model_fields)
+    return f"its parameters are {names}: pass them as {option} NAME=VALUE." if names else \
+        f"it takes no parameters: leave {option} out."
 
 
 def _is_toml(raw: str) -> bool:

@@ -40,11 +40,11 @@ RESUME_HINT = "run the same command again to continue from the checkpoints (add 
 class RecipeError(JadekitError):
     """A recipe (or an override) is malformed; carries every problem found at once."""
 
-    def __init__(self, problems: list[str], *, source: str | None = None) -> None:
+    def __init__(self, problems: list[str], *, source: str | None = None, hint: str | None = None) -> None:
         self.problems = problems
         where = f" in {source}" if source else ""
         lines = "\n".join(f"  {p}" for p in problems)
-        super().__init__(f"{len(problems)} problem(s){where}:\n{lines}")
+        super().__init__(f"{len(problems)} problem(s){where}:\n{lines}", hint=hint)
 
 
 class PluginError(JadekitError):

@@ -22,6 +22,7 @@ from jadekit.config import (
     changed_keys,
     format_validation_error,
     load_recipe,
+    parameters_hint,
     recipe_to_dict,
 )
 from jadekit.data.base import ImageSet, Split
@@ -183,7 +184,7 @@ def dataset_params(adapter, items: list[str] | None) -> BaseModel:
     try:
         return adapter.Params.model_validate(raw)
     except ValidationError as e:
-        raise RecipeError(format_validation_error(e, prefix="--param")) from None
+        raise RecipeError(format_validation_error(e, prefix="--param"), hint=parameters_hint(adapter.Params, "--param")) from None
 
 
 def external_set(run: LoadedRun, name: str, root: Path | None = None, split: Split = "test", domain: str = "primary",

@@ -159,12 +159,16 @@ def group_predictions(
     """
     ids, inverse = torch.unique(groups.cpu(), return_inverse=True)
     labels = labels.long().cpu()
-    probs = logits.detach().double().cpu().softmax(1)
-    mean = torch.zeros(len(ids), probs.shape[1], dtype=torch.float64).index_add_(0, inverse, probs)
-    mean /= torch.bincount(inverse, minlength=len(ids)).unsqueeze(1)
+    log_probs = logits.detach().double().cpu().log_softmax(1)
+    # log-mean-exp per group and class, shifted by the group's largest value so tiny probabilities do not underflow
+    top = torch.full((len(ids), log_probs.shape[1]), -math.inf, dtype=torch.float64)
+    top = top.scatter_reduce(0, inverse.unsqueeze(1).expand_as(log_probs), log_probs, "amax")
+    top = top.nan_to_num(neginf=0.0)  # a class no image gives any probability: exp(-inf - 0) = 0 below
+    sums = torch.zeros_like(top).index_add_(0, inverse, (log_probs - top[inverse]).exp())
+    group_log_probs = sums.div_(torch.bincount(inverse, minlength=len(ids)).unsqueeze(1)).log_() + top
     lowest = torch.full((len(ids),), labels.max().item() + 1 if len(labels) else 0).scatter_reduce(0, inverse, labels, "amin")
     highest = torch.full((len(ids),), -1).scatter_reduce(0, inverse, labels, "amax")
-    return mean.log(), lowest, int((lowest != highest).sum())
+    return group_log_probs, lowest, int((lowest != highest).sum())
 
 
 def group_report(logits: torch.Tensor, labels: torch.Tensor, groups: torch.Tensor, class_names: tuple[str, ...]) -> dict:

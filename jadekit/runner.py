@@ -12,6 +12,7 @@ from pathlib import Path
 
 import tomli_w
 import torch
+from pydantic import ValidationError
 
 from jadekit.build import DOMAINS, Resolved, parameter_counts
 from jadekit.config import DEVICE_NAMES, Method, Recipe, changed_keys, is_device_name, recipe_to_dict
@@ -62,7 +63,8 @@ def pick_device(requested: str, setting: str = "train.device") -> torch.device:
     choose = f"use {setting} auto (CUDA, else MPS, else CPU) or {setting} cpu." if option else \
         f'set {setting} = "auto" (CUDA, else MPS, else CPU) or "cpu".'
     if not is_device_name(requested):
-        raise JadekitError(f"{setting} {requested!r}: unknown device", hint=f"{DEVICE_NAMES}.")
+        names = DEVICE_NAMES.replace("use ", f"use {setting} " if option else f"set {setting} to ", 1)
+        raise JadekitError(f"{setting} {requested!r}: unknown device", hint=f"{names}.")
     if requested == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda")
@@ -71,6 +73,10 @@ def pick_device(requested: str, setting: str = "train.device") -> torch.device:
         return torch.device("cpu")
     if requested.startswith("cuda") and not torch.cuda.is_available():
         raise JadekitError(f"{setting} {requested!r}: CUDA is not available on this machine", hint=choose)
+    if requested.startswith("cuda:") and int(requested[5:]) >= (n := torch.cuda.device_count()):
+        raise JadekitError(f"{setting} {requested!r}: this machine has {n} CUDA device(s), cuda:0 to cuda:{n - 1}",
+                           hint=f"use {setting} cuda (the first) or {setting} cuda:N with N below {n}." if option else
+                           f'set {setting} = "cuda" (the first) or "cuda:N" with N below {n}.')
     if requested == "mps" and not torch.backends.mps.is_available():
         raise JadekitError(f"{setting} {requested!r}: MPS is not available on this machine", hint=choose)
     return torch.device(requested)
@@ -83,6 +89,20 @@ def _identity(recipe: Recipe) -> dict:
         d["experiment"].pop(key, None)
     d["train"].pop("device", None)
     return d
+
+
+def _identity_now(old: dict, recipe: Recipe) -> dict:
+    """An identity recorded by an earlier jadekit (a marker's `recipe`), as this version computes it: keys added
+    since take their defaults, so a new option left at its default is no change. Unreadable ones are returned as
+    they are."""
+    current = recipe_to_dict(recipe)
+    unrecorded = {k: v for k, v in current["experiment"].items() if k in ("methods", "seeds", "output_dir")}
+    filled = {**old, "experiment": {**old.get("experiment", {}), **unrecorded},
+              "train": {**old.get("train", {}), **{k: v for k, v in current["train"].items() if k == "device"}}}
+    try:
+        return _identity(Recipe.model_validate(filled))
+    except (ValidationError, TypeError, AttributeError):
+        return old
 
 
 def recipe_fingerprint(recipe: Recipe) -> str:
@@ -272,8 +292,10 @@ def check_output_dir(recipe: Recipe, resume: bool, force: bool, claim: bool = Tr
                           hint="pick another experiment.output_dir.")
     if marker.exists():
         existing = _read_marker(marker)
-        if existing.get("recipe_fingerprint") != fp and not (resume or force):
-            changes = (recipe_changes(existing["recipe"], _identity(recipe)) if isinstance(existing.get("recipe"), dict)
+        old = _identity_now(existing["recipe"], recipe) if isinstance(existing.get("recipe"), dict) else None
+        same = existing.get("recipe_fingerprint") == fp or old == _identity(recipe)
+        if not same and not (resume or force):
+            changes = (recipe_changes(old, _identity(recipe)) if old is not None
                        else f"fingerprint {existing.get('recipe_fingerprint')}, this recipe {fp}")
             raise RunDirError(
                 f"{out} holds runs of a different recipe ({changes})",

@@ -161,8 +161,8 @@ def make_sampler(data: dict[str, DomainData], train: TrainConfig, seed: int, use
         train.batch_size,
         train.auxiliary_batch_size or train.batch_size,
         seed,
-        train.auxiliary_sampling,
-        train.primary_sampling,
+        auxiliary_sampling=train.auxiliary_sampling,
+        primary_sampling=train.primary_sampling,
     )
 
 

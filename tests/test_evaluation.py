@@ -32,7 +32,7 @@ def trained(tmp_path_factory, write_bar_recipe) -> Path:
 def eval_json(*args: str) -> dict:
     result = runner.invoke(app, ["eval", *args, "--json", "--device", "cpu"])
     assert result.exit_code == 0, result.output
-    return json.loads(result.stdout)
+    return json.loads(result.stdout, parse_constant=lambda c: pytest.fail(f"--json printed {c}, which is not JSON"))
 
 
 def test_eval_jade_run_reports_every_metric_and_elbo(trained):
@@ -277,6 +277,8 @@ def test_data_with_patients_is_also_scored_one_prediction_per_patient(trained, b
         assert group == {"n_groups": 3, "undefined": "3 of 3 groups hold images of more than one class, so a group "
                                                      "has no single label"}
         assert "Per group" not in out["markdown"] and "per group" not in " ".join(out["metrics"]["jade"])
+        shown = runner.invoke(app, ["eval", run, "--dataset", "patients", "--root", str(bar_data_root), "--device", "cpu"])
+        assert "per group (3)" in shown.output and "undefined: 3 of 3 groups hold images of more" in shown.output
         return
     labels = registry.datasets.load("usps").load(bar_data_root, "test", NoParams(), False).labels
     assert group["n_groups"] == len(torch.unique(three_per_class(labels)))
@@ -306,15 +308,21 @@ def test_bad_split_and_device_say_how_to_fix_them(trained, monkeypatch):
     result = runner.invoke(app, ["eval", run, "--device", "cuda"])
     assert result.exit_code == 2 and "--device 'cuda': CUDA is not available" in result.output
     assert "fix: use --device auto" in result.output and "train.device" not in result.output
-    for name in ("gpu", "auto:0"):  # the names train.device takes, checked by the same rule
+    for name in ("gpu", "auto:0", "cuda:\u00b2"):  # the names train.device takes, checked by the same rule
         result = runner.invoke(app, ["eval", run, "--device", name])
         assert result.exit_code == 2 and f"--device {name!r}: unknown device" in result.output
-        assert "Traceback" not in result.output
+        assert "fix: use --device auto, cpu, cuda, cuda:N or mps." in result.output and "Traceback" not in result.output
+    monkeypatch.setattr("torch.cuda.is_available", lambda: True)
+    monkeypatch.setattr("torch.cuda.device_count", lambda: 2)
+    result = runner.invoke(app, ["eval", run, "--device", "cuda:2"])
+    assert result.exit_code == 2 and "--device 'cuda:2': this machine has 2 CUDA device(s), cuda:0 to cuda:1" in result.output
+    assert "fix: use --device cuda (the first) or --device cuda:N with N below 2." in result.output
 
 
 def test_dataset_params_are_validated_by_the_adapter(trained):
     result = runner.invoke(app, ["eval", str(trained / "single" / "seed-0"), "--dataset", "mnist", "--param", "colour=1"])
     assert result.exit_code == 2 and "--param colour: unknown parameter" in result.output
+    assert "fix: it takes no parameters: leave --param out." in result.output  # mnist has none
 
 
 def test_options_of_dataset_need_dataset(trained):

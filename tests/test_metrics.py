@@ -218,3 +218,13 @@ def test_group_prediction_is_the_mean_probability_of_its_images():
     assert report["n_groups"] == report["n"] == 3 and report["error"] == 0.0
     assert metrics.group_report(logits, torch.tensor([0, 1, 1, 1, 1]), groups, ("a", "b")) == {
         "n_groups": 3, "undefined": "1 of 3 groups hold images of more than one class, so a group has no single label"}
+
+
+def test_group_prediction_of_confident_mistakes_stays_finite():
+    """Probabilities far below float64's range (logit gaps of 1,000) are averaged in log space: the group's NLL is
+    about 1,000 nats, as its images', not infinite."""
+    logits = torch.tensor([[1000.0, 0.0], [1001.0, 0.0]])
+    log_probs, _, _ = metrics.group_predictions(logits, torch.tensor([1, 1]), torch.tensor([4, 4]))
+    assert torch.isfinite(log_probs).all()
+    assert -log_probs[0, 1].item() == pytest.approx(1000 - math.log((1 + math.exp(-1)) / 2), abs=1e-9)
+    assert metrics.group_report(logits, torch.tensor([1, 1]), torch.tensor([4, 4]), ("a", "b"))["nll"] < 1001

@@ -182,6 +182,25 @@ def test_foreign_output_dir_needs_force_or_resume(tmp_path, write_recipe):
     assert train_steps(out / "jade" / "seed-0") == list(range(1, 9))
 
 
+def test_an_option_added_since_the_runs_is_no_change_at_its_default(tmp_path, write_recipe):
+    """An output directory written before `train.primary_sampling` existed (its marker lacks the key) is this
+    recipe's as long as the option stays at its default: a rerun skips the finished runs; a real change is named."""
+    recipe = write_recipe(tmp_path, steps=6)
+    out = tmp_path / "out"
+    marker = out / "jadekit-output.json"
+    with contextlib.chdir(tmp_path):
+        assert run_cli(["run", str(recipe)]).exit_code == 0
+        written = json.loads(marker.read_text())
+        del written["recipe"]["train"]["primary_sampling"]  # as jadekit 0.3 recorded it
+        io.atomic_write_json(marker, {**written, "recipe_fingerprint": "0123456789abcdef"})
+        again = run_cli(["run", str(recipe)])
+        io.atomic_write_json(marker, {**written, "recipe_fingerprint": "0123456789abcdef"})
+        balanced = run_cli(["run", str(recipe), "--set", 'train.primary_sampling="class_balanced"'])
+    assert again.exit_code == 0 and "skipped" in again.output, again.output
+    assert balanced.exit_code == 2 and "different recipe" in balanced.output
+    assert 'train.primary_sampling "shuffled" -> "class_balanced")' in " ".join(balanced.output.split())
+
+
 def test_a_refused_run_changes_nothing_in_the_output_dir(tmp_path, write_recipe):
     recipe = write_recipe(tmp_path, steps=6)
     out = tmp_path / "out"

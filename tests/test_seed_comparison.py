@@ -80,6 +80,15 @@ def test_write_summary_records_the_differences(tmp_path):
     assert "| jade − paired | -0.25 ± 0.75 | 1 | 2 |" in (tmp_path / "summary.md").read_text()
 
 
+def test_an_undefined_value_makes_the_statistic_undefined_instead_of_crashing():
+    """An AUROC of NaN (one class in a test set) or an infinite NLL among several runs: mean NaN/inf, std NaN."""
+    nan_stat = mean_std([0.9, math.nan])
+    assert math.isnan(nan_stat["mean"]) and math.isnan(nan_stat["std"]) and nan_stat["n"] == 2
+    inf_stat = mean_std([1.0, math.inf, 2.0])
+    assert inf_stat["mean"] == math.inf and math.isnan(inf_stat["std"]) and inf_stat["n"] == 3
+    assert mean_std([math.nan])["std"] is None
+
+
 def test_one_seed_has_no_std():
     assert mean_std([4.0]) == {"mean": 4.0, "std": None, "n": 1}
     assert mean_std([]) == {"mean": None, "std": None, "n": 0}

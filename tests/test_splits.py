@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import pytest
 import torch
 
+from jadekit.config import TrainConfig
 from jadekit.data.sampler import PairedBatchSampler
 from jadekit.data.splits import stratified_subset, train_val_split
 from jadekit.errors import DataError
+from jadekit.trainer import make_sampler
 
 
 def gen(seed: int = 0) -> torch.Generator:
@@ -277,6 +281,26 @@ def test_shuffled_auxiliary_reads_its_pool_epoch_by_epoch():
     big = PairedBatchSampler(PRIMARY, AUXILIARY, batch_size=6, auxiliary_batch_size=120, seed=0, auxiliary_sampling="shuffled")
     a = big.next()[1]  # larger than the pool: whole epochs, then part of the next
     assert len(a) == 120 and torch.bincount(a, minlength=50).min() == 2
+
+
+@pytest.mark.parametrize(("sampling", "auxiliary"), [
+    ("class_matched", [[40, 23, 7, 49, 8, 7, 2], [18, 33, 3, 17, 15, 40, 7]]),
+    ("shuffled", [[34, 28, 31, 40, 22, 32, 44], [4, 20, 18, 8, 26, 27, 3]]),
+])
+def test_default_draws_are_pinned(sampling, auxiliary):
+    """The batches every recorded run trained on (docs/results.md): a change to the sampler must leave them be."""
+    s = PairedBatchSampler(PRIMARY, AUXILIARY, 6, 7, seed=3, auxiliary_sampling=sampling)
+    drawn = [s.next() for _ in range(2)]
+    assert [p.tolist() for p, _ in drawn] == [[6, 12, 3, 7, 1, 5], [8, 9, 2, 17, 14, 11]]
+    assert [a.tolist() for _, a in drawn] == auxiliary
+
+
+def test_the_recipe_chooses_the_primary_sampling():
+    data = {d: SimpleNamespace(train_y=y) for d, y in (("primary", PRIMARY), ("auxiliary", AUXILIARY))}
+    train = TrainConfig(steps=1, primary_sampling="class_balanced", auxiliary_sampling="shuffled")
+    sampler = make_sampler(data, train, seed=0)
+    assert sampler.primary_by_class is not None and sampler.aux_perm is not None
+    assert make_sampler(data, TrainConfig(steps=1), seed=0).primary_by_class is None
 
 
 def test_class_balanced_primary_sees_rare_classes_as_often_as_common_ones():

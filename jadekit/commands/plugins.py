@@ -74,7 +74,7 @@ def _validate_params(obj: object, params: dict, header: str) -> BaseModel | None
     """
     from pydantic import ValidationError
 
-    from jadekit.config import format_validation_error
+    from jadekit.config import format_validation_error, parameters_hint
     from jadekit.errors import JadekitError
 
     if not params:
@@ -84,9 +84,8 @@ def _validate_params(obj: object, params: dict, header: str) -> BaseModel | None
         return model.model_validate(params)
     except ValidationError as e:
         lines = [f"  {line}" for line in format_validation_error(e, prefix="--set")]
-        names = ", ".join(model.model_fields)
-        hint = f"its parameters are {names}: pass them as --set NAME=VALUE." if names else "it takes no parameters: leave --set out."
-        raise JadekitError(f"{header} rejects the --set values:\n" + "\n".join(lines), hint=hint) from None
+        raise JadekitError(f"{header} rejects the --set values:\n" + "\n".join(lines),
+                           hint=parameters_hint(model, "--set")) from None
 
 
 def _no_data(header: str, root: Path, e: DataError, download: bool) -> DataError:

@@ -82,7 +82,7 @@ class PairedBatchSampler:
         self.auxiliary_batch_size = auxiliary_batch_size
         self.perm = torch.randperm(self.n_primary, generator=self.generator)
         self.pos = 0
-        n_classes = max(int(primary_labels.max()), int(auxiliary_labels.max()) if auxiliary_labels is not None else 0) + 1
+        n_classes = 1 + max((int(t.max()) for t in (primary_labels, auxiliary_labels) if t is not None and len(t)), default=0)
         self.primary_by_class = _ByClass(primary_labels, n_classes) if primary_sampling == "class_balanced" else None
         self.auxiliary: _ByClass | None = None
         self.aux_perm: torch.Tensor | None = None
