@@ -162,9 +162,10 @@ class TrainConfig(Strict):
         "both", description="Datasets that augment_rotate and augment_scale apply to; the shift always applies to both."
     )
     eval_every: PositiveInt = Field(250, description="Validate (and keep the best state) every N steps.")
-    select: Literal["val_accuracy", "val_nll", "last"] = Field(
+    select: Literal["val_accuracy", "val_balanced_accuracy", "val_nll", "last"] = Field(
         "val_accuracy", description="Weights kept and reported: best validation accuracy (ties: NLL), best validation "
-        "NLL (ties: accuracy), or the last step's (validation still recorded).",
+        "balanced accuracy (mean recall over classes; ties: NLL), best validation NLL (ties: accuracy), or the last "
+        "step's (validation still recorded).",
     )
     checkpoint_every: PositiveInt | None = Field(None, description="Checkpoint every N steps; default eval_every.")
     device: str = Field("auto", description="auto (CUDA, else MPS, else CPU), cpu, cuda, cuda:N or mps.")

@@ -246,6 +246,7 @@ def train_one(
             evaluate_split(trainer.model, a.test_x, a.test_y, "auxiliary")["error"] if trainer.model.uses_auxiliary else None
         ),
         "primary_val_accuracy": state.best_score[0] if state.best_score else None,
+        "primary_val_balanced_accuracy": state.best_score[2] if state.best_score and len(state.best_score) > 2 else None,
         "best_step": state.best_step,
         "steps": state.step,
         "train_seconds_this_session": round(elapsed, 2),

@@ -75,8 +75,10 @@ def final_weights(run_dir: Path) -> dict[str, torch.Tensor]:
 
 def assert_same_run(a: Path, b: Path) -> None:
     fa, fb = json.loads((a / "final.json").read_text()), json.loads((b / "final.json").read_text())
-    for key in ("primary_test_error", "auxiliary_test_error", "primary_val_accuracy", "best_step", "steps"):
+    for key in ("primary_test_error", "auxiliary_test_error", "primary_val_accuracy", "primary_val_balanced_accuracy",
+                "best_step", "steps"):
         assert fa[key] == fb[key], key
+    assert 0 <= fa["primary_val_balanced_accuracy"] <= 1
     wa, wb = final_weights(a), final_weights(b)
     assert wa.keys() == wb.keys()
     for k in wa:

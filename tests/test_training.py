@@ -235,25 +235,37 @@ def test_compiler_backend_failure_is_one_clear_message(write_tiny_recipe, tmp_pa
     assert "train.compile = false" in res.output and "Traceback" not in res.output
 
 
-@pytest.mark.parametrize(("select", "kept"), [("val_accuracy", 3), ("val_nll", 4), ("last", 5)])
+@pytest.mark.parametrize(("select", "kept"), [("val_accuracy", 3), ("val_nll", 4), ("val_balanced_accuracy", 2),
+                                              ("last", 5)])
 def test_train_select_picks_the_kept_weights(select, kept):
-    """The weights kept are the best by validation accuracy (ties: NLL), by NLL (ties: accuracy), or the last."""
+    """The weights kept are the best by validation accuracy (ties: NLL), by NLL (ties: accuracy), by balanced
+    accuracy (ties: NLL), or the last."""
     model = torch.nn.Linear(1, 1, bias=False)
     model.loss_terms = lambda batch, w: {"total": (model.weight * 0).sum()}
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
-    scores = [(0.8, 0.5), (0.9, 0.4), (0.9, 0.3), (0.85, 0.1), (0.7, 0.9)]  # (accuracy, nll) validated after steps 1..5
+    # (accuracy, nll, balanced accuracy) validated after steps 1..5
+    scores = [(0.8, 0.5, 0.6), (0.9, 0.4, 0.7), (0.9, 0.3, 0.6), (0.85, 0.1, 0.5), (0.7, 0.9, 0.7)]
 
     def validate():
         step = validate.calls = getattr(validate, "calls", 0) + 1
         with torch.no_grad():
             model.weight.fill_(step)  # the weights remember the step they were validated at
-        acc, nll = scores[step - 1]
-        return {"accuracy": acc, "nll": nll}
+        acc, nll, balanced = scores[step - 1]
+        return {"accuracy": acc, "nll": nll, "balanced_accuracy": balanced}
 
     state = fit(model, opt, sched, lambda: None, lambda s: None, validate, LoopPlan(5, 1, 100, select=select))
     assert state.best_step == kept
     assert state.best_model["weight"].item() == kept
+
+
+def test_a_score_kept_before_balanced_accuracy_existed_is_beaten_by_any_balanced_one():
+    """A resumed 0.3 checkpoint kept (accuracy, -NLL) only: with select = "val_balanced_accuracy" the first new
+    validation replaces it; the other modes compare it as before."""
+    old = (0.95, -0.1)
+    assert LoopPlan(5, 1, 5, select="val_balanced_accuracy").better((0.5, -0.9, 0.1), old)
+    assert not LoopPlan(5, 1, 5, select="val_accuracy").better((0.5, -0.9, 0.9), old)
+    assert LoopPlan(5, 1, 5, select="val_nll").better((0.5, -0.05, 0.1), old)
 
 
 def test_progress_bar_shows_the_latest_validation_at_once():

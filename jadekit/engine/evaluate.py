@@ -7,7 +7,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from jadekit.engine.models import Domain
-from jadekit.metrics import accuracy, error
+from jadekit.metrics import accuracy, balanced_accuracy, confusion_matrix, error
 
 
 def to_float(images: torch.Tensor) -> torch.Tensor:
@@ -38,9 +38,11 @@ def predict_logits(
 
 
 def classification_metrics(logits: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
-    """Error (%), accuracy (from the exact count of correct predictions, `jadekit.metrics`) and mean negative
-    log-likelihood of predictions."""
+    """Error (%), accuracy (from the exact count of correct predictions, `jadekit.metrics`), balanced accuracy
+    (mean recall over the classes present) and mean negative log-likelihood of predictions."""
     labels = labels.to(logits.device)
     pred = logits.argmax(1)
     nll = F.cross_entropy(logits, labels).item() if len(labels) else float("nan")
-    return {"error": error(pred, labels), "accuracy": accuracy(pred, labels), "nll": nll, "n": len(labels)}
+    balanced = balanced_accuracy(confusion_matrix(pred.cpu(), labels.cpu(), logits.shape[1]))
+    return {"error": error(pred, labels), "accuracy": accuracy(pred, labels), "balanced_accuracy": balanced,
+            "nll": nll, "n": len(labels)}

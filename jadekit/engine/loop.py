@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -19,7 +20,7 @@ class LoopState:
     """What the loop carries between steps; checkpointed whole for exact resume."""
 
     step: int = 0
-    best_score: tuple[float, float] | None = None  # (val accuracy, -val NLL): higher is better
+    best_score: tuple[float, ...] | None = None  # (val accuracy, -val NLL, val balanced accuracy): higher is better
     best_step: int = -1
     best_model: dict[str, torch.Tensor] | None = None
 
@@ -57,13 +58,22 @@ class LoopPlan:
     log_every: int = 1
     autocast_dtype: torch.dtype | None = None  # e.g. torch.bfloat16
     device_type: str = "cpu"
-    select: str = "val_accuracy"  # weights kept: best "val_accuracy" (ties: NLL), best "val_nll" (ties: accuracy), or "last"
+    select: str = "val_accuracy"  # weights kept: best "val_accuracy", "val_balanced_accuracy" (ties: NLL), best
+    # "val_nll" (ties: accuracy), or "last"
 
-    def better(self, score: tuple[float, float], than: tuple[float, float] | None) -> bool:
-        """Whether weights validated at (accuracy, -NLL) replace the kept ones (always, for "last")."""
+    def better(self, score: tuple[float, ...], than: tuple[float, ...] | None) -> bool:
+        """Whether weights validated at (accuracy, -NLL, balanced accuracy) replace the kept ones (always, for "last").
+
+        A score kept by jadekit 0.3 has no balanced accuracy; it counts as the lowest.
+        """
         if than is None or self.select == "last":
             return True
-        return score > than if self.select == "val_accuracy" else score[::-1] > than[::-1]
+        order = {"val_accuracy": (0, 1), "val_nll": (1, 0), "val_balanced_accuracy": (2, 1)}[self.select]
+
+        def key(s: tuple[float, ...]) -> tuple[float, ...]:
+            return tuple(s[i] if i < len(s) else -math.inf for i in order)
+
+        return key(score) > key(than)
 
 
 @dataclass
@@ -140,7 +150,7 @@ def fit(
             flush()
         if validating:
             metrics = validate()
-            score = (metrics["accuracy"], -metrics["nll"])
+            score = (metrics["accuracy"], -metrics["nll"], metrics["balanced_accuracy"])
             improved = plan.better(score, state.best_score)
             if improved:
                 state.best_score, state.best_step = score, state.step
