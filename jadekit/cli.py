@@ -131,7 +131,8 @@ class ProgressBar:
         self.progress.update(self.task, completed=step, info=self.loss + self.val)
 
     def on_validate(self, step: int, metrics: dict[str, float], improved: bool) -> None:
-        self.val = f"  val acc {metrics['accuracy']:.3f}"
+        balanced = metrics.get("balanced_accuracy")
+        self.val = f"  val acc {metrics['accuracy']:.3f}" + (f" (balanced {balanced:.3f})" if balanced is not None else "")
         self.progress.update(self.task, info=self.loss + self.val)  # now: the last validation has no log after it
 
     def on_checkpoint(self, state) -> None:

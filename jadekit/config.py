@@ -259,8 +259,16 @@ def _is_toml(raw: str) -> bool:
     return True
 
 
-def _not_toml(key: str, raw: str) -> str:
-    """The problem with a `--set` list or table that is not TOML, with the quoted form when quoting bare words fixes it."""
+def _not_toml(key: str, raw: str, option: str = "--set") -> str:
+    """The problem with a `--set` list, table or quoted string that is not TOML, with a form that parses where one
+    is clear (bare words quoted; a double-quoted string whose backslashes are not TOML escapes in single quotes)."""
+    if raw.startswith(('"', "'")):
+        inner = raw[1:-1] if len(raw) > 1 and raw[-1] == raw[0] else raw[1:]
+        why = "in double quotes a backslash starts an escape (as in a regex's \\d); " if raw[0] == '"' and "\\" in raw else ""
+        fix = (f"{why}write a literal string in single quotes"
+               + (f", and the whole argument in double quotes in your shell: {option} \"{key}='{inner}'\""
+                  if "'" not in inner and '"' not in inner else ", or a bare word without quotes"))
+        return f"{key}: {option} value {raw} is not a valid TOML string; {fix}"
     example = '["jade", "single"]' if raw.startswith("[") else '{name = "cnn"}'
     fix = f"quote the strings inside, e.g. {example}, and the whole argument in your shell"
     if raw.startswith("[") and raw.endswith("]"):
@@ -268,38 +276,42 @@ def _not_toml(key: str, raw: str) -> str:
         bare = [i for i in items if not _is_toml(i)]  # words to quote; a nested list or a stray quote is beyond this
         quoted = json.dumps([i if i in bare else tomllib.loads(f"v = {i}")["v"] for i in items], default=str)
         if not any(c in i for i in bare for c in "[]{}\"'") and _is_toml(quoted) and "'" not in quoted:
-            fix = f"quote its strings, and the whole argument in your shell: --set '{key}={quoted}'"
-    return f"{key}: --set value {raw} is not valid TOML; {fix}"
+            fix = f"quote its strings, and the whole argument in your shell: {option} '{key}={quoted}'"
+    return f"{key}: {option} value {raw} is not valid TOML; {fix}"
 
 
-def parse_override(item: str) -> tuple[list[str], Any]:
-    """Split `a.b.c=value` into a key path and a TOML-typed value (bare words stay strings)."""
+def parse_override(item: str, option: str = "--set") -> tuple[list[str], Any]:
+    """Split `a.b.c=value` into a key path and a TOML-typed value (bare words stay strings).
+
+    option: the CLI option the item came from (`--set`, `--param`), as errors name it.
+    """
     key, sep, raw = item.partition("=")
     key = key.strip()
     if not sep or not key or any(not part for part in key.split(".")):
-        raise RecipeError([f"--set {item!r}: expected key.path=value, e.g. train.lr=3e-4"])
+        example = "train.lr=3e-4" if option == "--set" else "path=scans"
+        raise RecipeError([f"{option} {item!r}: expected key.path=value, e.g. {example}"])
     raw = raw.strip()
     try:
         value = tomllib.loads(f"v = {raw}")["v"]
     except tomllib.TOMLDecodeError:
-        if raw.startswith(("[", "{")):  # meant as a list or table: taking it as a string would hide the real problem
-            raise RecipeError([_not_toml(key, raw)]) from None
+        if raw.startswith(("[", "{", '"', "'")):  # meant as a list, table or string: a bare string would hide the problem
+            raise RecipeError([_not_toml(key, raw, option)]) from None
         value = raw
     return key.split("."), value
 
 
-def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
-    """Return a copy of a raw recipe dict with `--set` overrides applied."""
+def apply_overrides(data: dict[str, Any], overrides: list[str], option: str = "--set") -> dict[str, Any]:
+    """Return a copy of a raw recipe dict with `key=value` overrides (from `option`) applied."""
     import copy
 
     out = copy.deepcopy(data)
     for item in overrides:
-        path, value = parse_override(item)
+        path, value = parse_override(item, option)
         node = out
         for part in path[:-1]:
             child = node.setdefault(part, {})
             if not isinstance(child, dict):
-                raise RecipeError([f"--set {item!r}: '{part}' is not a table"])
+                raise RecipeError([f"{option} {item!r}: '{part}' is not a table"])
             node = child
         node[path[-1]] = value
     return out

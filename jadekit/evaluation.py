@@ -180,7 +180,7 @@ def own_test_sets(run: LoadedRun) -> list[EvalSet]:
 
 def dataset_params(adapter, items: list[str] | None) -> BaseModel:
     """Validate `key=value` items (TOML values, dotted keys nest) against an adapter's own params model."""
-    raw = apply_overrides({}, items or [])
+    raw = apply_overrides({}, items or [], option="--param")
     try:
         return adapter.Params.model_validate(raw)
     except ValidationError as e:
@@ -355,19 +355,30 @@ def _header(records: list[dict], unfinished: list[dict], included: bool) -> list
     return lines
 
 
-def _group_table(detail: dict) -> list[str]:
-    """Markdown lines of the per-group (patient) metrics in `aggregate(...)["metrics"]`, or none."""
-    rows = [(method, domain.removesuffix(" per group"), m) for method in sorted(detail, key=method_order)
-            for domain, m in detail[method].items() if domain.endswith(" per group")]
-    if not rows:
-        return []
-    lines = ["", "Per group of images (e.g. per patient; one prediction each, from the mean probability of its "
-             "images), mean ± std over runs:", "",
-             "| method | domain | groups | error (%) | balanced accuracy | AUROC | n |",
-             "| --- | --- | --- | --- | --- | --- | --- |"]
-    return lines + [f"| {method} | {domain} | {m['n_groups']['mean']:g} | {fmt(m['error'])} "
-                    f"| {fmt(m['balanced_accuracy'])} | {fmt(m['auroc'])} | {m['error']['n']} |"
-                    for method, domain, m in rows]
+def _metric_tables(detail: dict, records: list[dict]) -> list[str]:
+    """Markdown lines under Table 1: the other metrics per method and domain, then the per-group (patient) ones
+    (`aggregate(...)["metrics"]`), and where per-group scores are undefined, why."""
+    methods = sorted(detail, key=method_order)
+    lines = ["", "Every image, mean ± std over runs:", "",
+             "| method | domain | balanced accuracy | macro-F1 | AUROC | ECE | NLL | n |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    lines += [f"| {method} | {domain} | {fmt(m['balanced_accuracy'])} | {fmt(m['macro_f1'])} | {fmt(m['auroc'])} "
+              f"| {fmt(m['ece'])} | {fmt(m['nll'])} | {m['error']['n']} |"
+              for method in methods for domain, m in detail[method].items() if not domain.endswith(" per group")]
+    groups = [(method, domain.removesuffix(" per group"), m) for method in methods
+              for domain, m in detail[method].items() if domain.endswith(" per group")]
+    if groups:
+        lines += ["", "Per group of images (e.g. per patient; one prediction each, from the mean probability of its "
+                  "images), mean ± std over runs:", "",
+                  "| method | domain | groups | error (%) | balanced accuracy | AUROC | n |",
+                  "| --- | --- | --- | --- | --- | --- | --- |"]
+        lines += [f"| {method} | {domain} | {m['n_groups']['mean']:g} | {fmt(m['error'])} "
+                  f"| {fmt(m['balanced_accuracy'])} | {fmt(m['auroc'])} | {m['error']['n']} |"
+                  for method, domain, m in groups]
+    undefined = {f"- no per-group scores for {r['method']} ({x['domain']}): {x['per_group']['undefined']}": None
+                 for r in sorted(records, key=lambda r: method_order(r["method"]))
+                 for x in r["results"] if "undefined" in x.get("per_group", {})}
+    return lines + ([""] if undefined else []) + list(undefined)
 
 
 def evaluate_output_dir(out_dir: Path, title: str | None = None, include_unfinished: bool = False,
@@ -409,8 +420,7 @@ def evaluate_output_dir(out_dir: Path, title: str | None = None, include_unfinis
     markdown = to_markdown(agg["rows"], title or records[0]["experiment"], agg["differences"])
     title_line, rest = markdown.split("\n", 1)
     markdown = "\n".join([title_line, "", *_header(records, unfinished, include_unfinished), rest])
-    if group_lines := _group_table(agg["metrics"]):
-        markdown = markdown.rstrip("\n") + "\n" + "\n".join(group_lines) + "\n"
+    markdown = markdown.rstrip("\n") + "\n" + "\n".join(_metric_tables(agg["metrics"], records)) + "\n"
     md_path = md_path.with_name(f"{md_path.stem}{suffix}.md")
     summary = {"runs": [r["run_dir"] for r in records], "run_files": [r["written_to"] for r in records],
                "data": distinct_data(records), "unfinished": unfinished, **agg, "markdown": markdown}

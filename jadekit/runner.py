@@ -410,7 +410,8 @@ def load_every_split(cache: DataCache) -> None:
             try:
                 cache.split(domain, split)
             except DataError as e:
-                problems.append(e)
+                if all(e.message != seen.message for seen in problems):  # both splits of one file list fail alike
+                    problems.append(e)
     if len(problems) == 1:
         raise problems[0]
     if problems:

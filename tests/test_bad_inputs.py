@@ -378,3 +378,20 @@ def test_check_builds_the_models_so_params_that_cannot_build_fail_there(tiny_rec
     deep = '{name = "cnn", params = {filters = [8, 8, 8, 8, 8], pool = [true, true, true, true, true]}}'
     result = CliRunner().invoke(app, ["check", str(tiny_recipe), "--set", f"model.primary_backbone={deep}"])
     assert result.exit_code == 2 and "too small for 5 2x poolings" in result.output, result.output
+
+
+def test_a_problem_both_splits_share_is_reported_once():
+    """A dataset that splits one file list (imagefolder's test_share) fails alike for train and test: said once."""
+    from jadekit.errors import DataError
+    from jadekit.runner import load_every_split
+
+    class Cache:
+        def split(self, domain, split):
+            raise DataError(f"{domain}: group_pattern does not match scan7.png" if domain == "primary" else
+                            f"auxiliary {split} split: damaged file")
+
+    with pytest.raises(DataError) as err:
+        load_every_split(Cache())
+    message = err.value.message
+    assert message.startswith("3 data problems:") and message.count("scan7.png") == 1
+    assert "auxiliary train split" in message and "auxiliary test split" in message

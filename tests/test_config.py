@@ -159,6 +159,22 @@ def test_set_list_or_table_that_is_not_toml(item, fix):
     assert line.startswith(f"{key}: --set value {raw} is not valid TOML; ") and fix in line, line
 
 
+def test_a_quoted_string_that_is_not_toml_is_an_error_not_a_string_with_quotes():
+    """A regex in double quotes (`\\d` is no TOML escape) used to be kept verbatim, quotes and all, and then matched
+    no file; it is an error with the single-quoted form. Good strings and bare words are unchanged."""
+    with pytest.raises(RecipeError) as e:
+        parse_override('primary.params.group_pattern="^(patient\\d+)_"')
+    [line] = problems(e)
+    assert line.startswith('primary.params.group_pattern: --set value "^(patient\\d+)_" is not a valid TOML string; ')
+    assert "backslash" in line and """--set "primary.params.group_pattern='^(patient\\d+)_'\"""" in line
+    assert parse_override("group_pattern='^(patient\\d+)_'") == (["group_pattern"], "^(patient\\d+)_")
+    assert parse_override("name=plain-word") == (["name"], "plain-word")
+    with pytest.raises(RecipeError, match=r"classes: --param value \[a,b\] is not valid TOML.*--param 'classes="):
+        parse_override("classes=[a,b]", "--param")
+    with pytest.raises(RecipeError, match=r"--param 'path': expected key.path=value, e.g. path=scans"):
+        parse_override("path", "--param")
+
+
 def test_check_says_an_unquoted_set_list_is_not_toml():
     res = runner.invoke(app(), ["check", str(SMOKE), "--set", "experiment.methods=[jade,single]"])
     assert res.exit_code == 2

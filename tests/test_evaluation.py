@@ -69,6 +69,11 @@ def test_eval_output_dir_aggregates_table_1(trained):
     assert "| jade |" in out["markdown"]
     assert all(Path(p).exists() for p in out["written_to"])
     assert out["metrics"]["jade"]["auxiliary"]["macro_f1"]["n"] == 1
+    others = out["markdown"].split("Every image, mean ± std over runs:")[1]  # every metric, per method and domain
+    jade = next(r for r in out["records"] if r["method"] == "jade")["results"]
+    row = f"| jade | auxiliary | {jade[1]['balanced_accuracy']:.2f} ± – | {jade[1]['macro_f1']:.2f} ± – |"
+    assert jade[1]["domain"] == "auxiliary" and row in others, others
+    assert others.index("| single | primary |") < others.index("| jade | primary |")
 
 
 def test_other_dataset_needs_explicit_resize(trained, bar_data_root):
@@ -277,6 +282,7 @@ def test_data_with_patients_is_also_scored_one_prediction_per_patient(trained, b
         assert group == {"n_groups": 3, "undefined": "3 of 3 groups hold images of more than one class, so a group "
                                                      "has no single label"}
         assert "Per group" not in out["markdown"] and "per group" not in " ".join(out["metrics"]["jade"])
+        assert "- no per-group scores for jade (primary): 3 of 3 groups hold images" in out["markdown"]
         shown = runner.invoke(app, ["eval", run, "--dataset", "patients", "--root", str(bar_data_root), "--device", "cpu"])
         assert "per group (3)" in shown.output and "undefined: 3 of 3 groups hold images of more" in shown.output
         return

@@ -278,3 +278,5 @@ def test_progress_bar_shows_the_latest_validation_at_once():
         bar.on_log(10, {"total": 1.5})
         bar.on_validate(10, {"accuracy": 0.75}, True)  # the run's last event: no log follows it
         assert progress.tasks[0].fields["info"] == "loss 1.500  val acc 0.750"
+        bar.on_validate(10, {"accuracy": 0.875, "balanced_accuracy": 0.5}, True)  # imbalanced: both, side by side
+        assert progress.tasks[0].fields["info"] == "loss 1.500  val acc 0.875 (balanced 0.500)"

@@ -117,9 +117,11 @@ def evaluate(
         return
     for rec in records:
         for r in rec["results"]:
+            group = r.get("per_group", {})
+            per_group = f"per group error {_num(group['error'], 2)}%, " if "error" in group else ""
             out.print(f"{rec['method']} seed {rec['seed']} {r['dataset']} ({r['domain']}): error {_num(r['error'], 2)}%, "
-                      f"macro-F1 {_num(r['macro_f1'], 3)}, AUROC {_num(r['auroc'], 3)}, ECE {_num(r['ece'], 3)}, "
-                      f"{_weights_line(rec['weights'])}",
+                      f"balanced accuracy {_num(r['balanced_accuracy'], 3)}, macro-F1 {_num(r['macro_f1'], 3)}, "
+                      f"AUROC {_num(r['auroc'], 3)}, ECE {_num(r['ece'], 3)}, {per_group}{_weights_line(rec['weights'])}",
                       highlight=False)
     out.print(result["markdown"], highlight=False)
     out.print(f"written to {', '.join(result['written_to'])} and each run's {Path(records[0]['written_to']).name}",

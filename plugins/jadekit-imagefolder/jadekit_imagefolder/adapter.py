@@ -97,7 +97,8 @@ class ImageFolder:
         files, labels = _split_files(base, split, params)
         groups = None
         if params.group_pattern is not None:
-            groups = torch.tensor([group_id(_group_name(f, params.group_pattern)) for f in files], dtype=torch.int64)
+            names = _group_names([files], params.group_pattern)
+            groups = torch.tensor([group_id(names[f]) for f in files], dtype=torch.int64)
         images = np.stack([_read(f, params) for f in files])
         return ImageSet(
             images=torch.from_numpy(images),
@@ -113,16 +114,23 @@ def group_id(name: str) -> int:
     return int.from_bytes(hashlib.blake2b(name.encode(), digest_size=8).digest(), "big") >> 1  # non-negative
 
 
-def _group_name(path: Path, pattern: str) -> str:
-    """The group named by `pattern` in a file's name: its first capture group, else the whole match."""
+def _group_name(path: Path, pattern: str) -> str | None:
+    """The group named by `pattern` in a file's name: its first capture group, else the whole match (None: no group)."""
     m = re.search(pattern, path.name)
-    name = None if m is None else (m.group(1) if m.re.groups else m.group(0))
-    if not name:
-        what = "does not match" if m is None else "matches with an empty group in"
-        raise DataError(f"imagefolder: group_pattern `{pattern}` {what} the file name of {path}",
-                        hint="rename the file so that the pattern finds its group (e.g. patient), move it out "
+    return (m.group(1) if m.re.groups else m.group(0)) or None if m is not None else None
+
+
+def _group_names(per_class: list[list[Path]], pattern: str) -> dict[Path, str]:
+    """Every file's group; files whose names the pattern finds no group in are one error naming the first few."""
+    names = {f: _group_name(f, pattern) for found in per_class for f in found}
+    bad = [f for f, name in names.items() if name is None]
+    if bad:
+        shown = ", ".join(str(f) for f in bad[:3]) + (f" and {len(bad) - 3} more" if len(bad) > 3 else "")
+        raise DataError(f"imagefolder: group_pattern `{pattern}` does not match (or matches with an empty group) "
+                        f"the file name of {len(bad)} of {len(names)} files: {shown}",
+                        hint="rename the files so that the pattern finds their group (e.g. patient), move them out "
                              "of the tree, or fix `group_pattern` (it is searched in the file name only).")
-    return name
+    return names  # type: ignore[return-value]
 
 
 def _class_files(folder: Path, classes: list[str]) -> list[list[Path]]:
@@ -186,8 +194,8 @@ def _check_no_shared_group(base: Path, split: Split, per_class: list[list[Path]]
     pattern = params.group_pattern
     assert pattern is not None
     other = "test" if split == "train" else "train"
-    mine = {_group_name(f, pattern) for found in per_class for f in found}
-    theirs = {_group_name(f, pattern) for found in _class_files(base / other, params.classes) for f in found}
+    mine = set(_group_names(per_class, pattern).values())
+    theirs = set(_group_names(_class_files(base / other, params.classes), pattern).values())
     shared = sorted(mine & theirs)
     if shared:
         raise DataError(f"imagefolder: {len(shared)} group(s) have images in both {base / 'train'} and "
@@ -205,10 +213,11 @@ def _grouped_split(per_class: list[list[Path]], split: Split, params: ImageFolde
     """
     pattern = params.group_pattern
     assert pattern is not None
+    group_of = _group_names(per_class, pattern)
     counts: dict[str, Counter[int]] = {}
     for c, found in enumerate(per_class):
         for f in found:
-            counts.setdefault(_group_name(f, pattern), Counter())[c] += 1
+            counts.setdefault(group_of[f], Counter())[c] += 1
     by_class: list[list[str]] = [[] for _ in per_class]
     for name in sorted(counts):
         n = counts[name]
@@ -218,7 +227,7 @@ def _grouped_split(per_class: list[list[Path]], split: Split, params: ImageFolde
         order = np.random.default_rng([params.split_seed, c]).permutation(len(names))
         n_test = min(max(1, round(len(names) * params.test_share)), len(names) - 1) if len(names) > 1 else 0
         test_groups.update(names[i] for i in order[:n_test])
-    return [[f for f in found if (_group_name(f, pattern) in test_groups) == (split == "test")] for found in per_class]
+    return [[f for f in found if (group_of[f] in test_groups) == (split == "test")] for found in per_class]
 
 
 HIGH_BIT_GREY = frozenset({"I", "I;16", "I;16L", "I;16B", "I;16N"})

@@ -216,11 +216,13 @@ def test_file_not_matching_group_pattern_is_an_error(tmp_path, test_share):
     _patient_tree(folder, {"patient001": {"cat": 2}, "patient002": {"dog": 2}})
     if test_share is None:
         _patient_tree(tmp_path / "scans" / "test", {"patient003": {"cat": 1, "dog": 1}})
-    Image.fromarray(np.zeros((4, 4), dtype=np.uint8), "L").save(folder / "dog" / "scan7.png")
+    for name in ("scan7.png", "scan8.png", "cat/scan9.png"):  # every unmatched file at once, not one per run
+        Image.fromarray(np.zeros((4, 4), dtype=np.uint8), "L").save(folder / ("dog" if "/" not in name else "") / name)
     params = ImageFolderParams(path="scans", classes=CLASSES, test_share=test_share, group_pattern=PATTERN)
     with pytest.raises(DataError, match="does not match") as err:
         ImageFolder().load(tmp_path, "train", params, False)
-    assert "scan7.png" in err.value.message and PATTERN in err.value.message
+    assert "the file name of 3 of 7 files" in err.value.message and PATTERN in err.value.message
+    assert all(n in err.value.message for n in ("scan7.png", "scan8.png", "scan9.png"))
     assert "rename" in err.value.hint and "group_pattern" in err.value.hint
 
 
