@@ -83,11 +83,13 @@ def pick_device(requested: str, setting: str = "train.device") -> torch.device:
 
 
 def _identity(recipe: Recipe) -> dict:
-    """What a run computes: the recipe less the list of methods/seeds, where it is written and the device."""
+    """What a run computes: the recipe less the list of methods/seeds, where it is written, and the device and CPU
+    threads it runs on (like `--jobs`, they change only the last bits of the numbers)."""
     d = recipe_to_dict(recipe)
     for key in ("methods", "seeds", "output_dir"):
         d["experiment"].pop(key, None)
-    d["train"].pop("device", None)
+    for key in ("device", "threads"):
+        d["train"].pop(key, None)
     return d
 
 
@@ -99,6 +101,7 @@ def _identity_now(old: dict, recipe: Recipe) -> dict:
     unrecorded = {k: v for k, v in current["experiment"].items() if k in ("methods", "seeds", "output_dir")}
     filled = {**old, "experiment": {**old.get("experiment", {}), **unrecorded},
               "train": {**old.get("train", {}), **{k: v for k, v in current["train"].items() if k == "device"}}}
+    filled["train"].pop("threads", None)  # recorded until jadekit 0.3
     try:
         return _identity(Recipe.model_validate(filled))
     except (ValidationError, TypeError, AttributeError):

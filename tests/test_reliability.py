@@ -198,7 +198,9 @@ def test_an_option_added_since_the_runs_is_no_change_at_its_default(tmp_path, wr
         again = run_cli(["run", str(recipe)])
         io.atomic_write_json(marker, {**written, "recipe_fingerprint": "0123456789abcdef"})
         balanced = run_cli(["run", str(recipe), "--set", 'train.primary_sampling="class_balanced"'])
+        threads = run_cli(["run", str(recipe), "--set", "train.threads=2"])  # where it runs, like train.device
     assert again.exit_code == 0 and "skipped" in again.output, again.output
+    assert threads.exit_code == 0 and "skipped" in threads.output, threads.output
     assert balanced.exit_code == 2 and "different recipe" in balanced.output
     assert 'train.primary_sampling "shuffled" -> "class_balanced")' in " ".join(balanced.output.split())
 
