@@ -265,9 +265,14 @@ def _not_toml(key: str, raw: str, option: str = "--set") -> str:
     if raw.startswith(('"', "'")):
         inner = raw[1:-1] if len(raw) > 1 and raw[-1] == raw[0] else raw[1:]
         why = "in double quotes a backslash starts an escape (as in a regex's \\d); " if raw[0] == '"' and "\\" in raw else ""
-        fix = (f"{why}write a literal string in single quotes"
-               + (f", and the whole argument in double quotes in your shell: {option} \"{key}='{inner}'\""
-                  if "'" not in inner and '"' not in inner else ", or a bare word without quotes"))
+        if not any(c in inner for c in "'\"$`!") and "\\\\" not in inner:  # safe inside the shell's double quotes
+            fix = (f"{why}write a literal string in single quotes, and the whole argument in double quotes in your "
+                   f"shell: {option} \"{key}='{inner}'\"")
+        elif "'" not in inner:  # a TOML basic string with its backslashes doubled, in the shell's single quotes
+            escaped = inner.replace("\\", "\\\\").replace('"', '\\"')
+            fix = f"{why}double each backslash, and quote the whole argument in your shell: {option} '{key}=\"{escaped}\"'"
+        else:
+            fix = f"{why}see https://toml.io/en/v1.0.0#string for TOML's literal and basic strings"
         return f"{key}: {option} value {raw} is not a valid TOML string; {fix}"
     example = '["jade", "single"]' if raw.startswith("[") else '{name = "cnn"}'
     fix = f"quote the strings inside, e.g. {example}, and the whole argument in your shell"

@@ -95,17 +95,21 @@ def _identity(recipe: Recipe) -> dict:
 
 def _identity_now(old: dict, recipe: Recipe) -> dict:
     """An identity recorded by an earlier jadekit (a marker's `recipe`), as this version computes it: keys added
-    since take their defaults, so a new option left at its default is no change. Unreadable ones are returned as
-    they are."""
+    since take their defaults, so a new option left at its default is no change (this assumes defaults never change
+    meaning: a release that changes one must treat it as a change). One this version cannot read is returned less
+    the keys `_identity` leaves out."""
     current = recipe_to_dict(recipe)
     unrecorded = {k: v for k, v in current["experiment"].items() if k in ("methods", "seeds", "output_dir")}
-    filled = {**old, "experiment": {**old.get("experiment", {}), **unrecorded},
-              "train": {**old.get("train", {}), **{k: v for k, v in current["train"].items() if k == "device"}}}
-    filled["train"].pop("threads", None)  # recorded until jadekit 0.3
-    try:
-        return _identity(Recipe.model_validate(filled))
-    except (ValidationError, TypeError, AttributeError):
+    experiment, train = old.get("experiment"), old.get("train")
+    if not isinstance(experiment, dict) or not isinstance(train, dict):
         return old
+    train = {k: v for k, v in train.items() if k not in ("device", "threads")}  # threads: recorded until jadekit 0.3
+    try:
+        device = {k: v for k, v in current["train"].items() if k == "device"}
+        return _identity(Recipe.model_validate({**old, "experiment": {**experiment, **unrecorded},
+                                                "train": {**train, **device}}))
+    except ValidationError:
+        return {**old, "train": train}
 
 
 def recipe_fingerprint(recipe: Recipe) -> str:
@@ -296,11 +300,16 @@ def check_output_dir(recipe: Recipe, resume: bool, force: bool, claim: bool = Tr
                           hint="pick another experiment.output_dir.")
     if marker.exists():
         existing = _read_marker(marker)
-        old = _identity_now(existing["recipe"], recipe) if isinstance(existing.get("recipe"), dict) else None
-        same = existing.get("recipe_fingerprint") == fp or old == _identity(recipe)
-        if not same and not (resume or force):
-            changes = (recipe_changes(old, _identity(recipe)) if old is not None
-                       else f"fingerprint {existing.get('recipe_fingerprint')}, this recipe {fp}")
+        if existing.get("recipe_fingerprint") != fp and not (resume or force):
+            recorded = existing.get("recipe")
+            if not isinstance(recorded, dict):
+                changes = f"fingerprint {existing.get('recipe_fingerprint')}, this recipe {fp}"
+            else:  # recorded by another jadekit version, or really another recipe
+                old = _identity_now(recorded, recipe)
+                changes = recipe_changes(old, _identity(recipe)) if old != _identity(recipe) else None
+        else:
+            changes = None
+        if changes is not None:
             raise RunDirError(
                 f"{out} holds runs of a different recipe ({changes})",
                 hint="pick another experiment.output_dir, pass --resume to continue them with this recipe, "

@@ -31,7 +31,7 @@ def mean_std(values: list[float]) -> dict[str, float | int | None]:
     if not values:
         return {"mean": None, "std": None, "n": 0}
     if not all(math.isfinite(v) for v in values):  # e.g. an undefined AUROC: statistics.stdev cannot take NaN
-        return {"mean": statistics.fmean(values), "std": math.nan if len(values) > 1 else None, "n": len(values)}
+        return {"mean": sum(values) / len(values), "std": math.nan if len(values) > 1 else None, "n": len(values)}
     std = statistics.stdev(values) if len(values) > 1 else None
     return {"mean": statistics.fmean(values), "std": std, "n": len(values)}
 

@@ -168,6 +168,10 @@ def test_a_quoted_string_that_is_not_toml_is_an_error_not_a_string_with_quotes()
     assert line.startswith('primary.params.group_pattern: --set value "^(patient\\d+)_" is not a valid TOML string; ')
     assert "backslash" in line and """--set "primary.params.group_pattern='^(patient\\d+)_'\"""" in line
     assert parse_override("group_pattern='^(patient\\d+)_'") == (["group_pattern"], "^(patient\\d+)_")
+    with pytest.raises(RecipeError) as e:  # `!` would be expanded inside the shell's double quotes: the other form
+        parse_override('g="(?!ctl)\\d+"')
+    fix = problems(e)[0].split(" shell: --set ")[1]
+    assert fix == """'g="(?!ctl)\\\\d+"'""" and parse_override(fix[1:-1]) == (["g"], "(?!ctl)\\d+")
     assert parse_override("name=plain-word") == (["name"], "plain-word")
     with pytest.raises(RecipeError, match=r"classes: --param value \[a,b\] is not valid TOML.*--param 'classes="):
         parse_override("classes=[a,b]", "--param")

@@ -395,6 +395,22 @@ def test_a_download_cut_short_leaves_no_partial_data_file(tmp_path, monkeypatch,
     assert (raw / "train-images-idx3-ubyte").read_bytes() == b"kept"
 
 
+def test_a_failed_download_keeps_a_dangling_link_to_the_data(tmp_path, monkeypatch):
+    """A data file linked in from a shared store that is not mounted now is the user's setup, not the download's."""
+    datasets = pytest.importorskip("torchvision.datasets")
+
+    def offline(root, *args, **kwargs):
+        raise RuntimeError("offline")
+
+    monkeypatch.setattr(datasets, "USPS", offline)
+    (tmp_path / "USPS").mkdir()
+    link = tmp_path / "USPS" / "usps.bz2"
+    link.symlink_to(tmp_path / "share" / "usps.bz2")
+    with pytest.raises(DataError, match="download failed: offline"):
+        USPS().load(tmp_path, "train", P, download=True)
+    assert link.is_symlink()
+
+
 def test_download_then_read_with_own_reader(tmp_path, monkeypatch):
     datasets = pytest.importorskip("torchvision.datasets")
     written = {}

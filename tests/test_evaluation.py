@@ -295,6 +295,12 @@ def test_data_with_patients_is_also_scored_one_prediction_per_patient(trained, b
     assert table.index("| single |") < table.index("| paired |") < table.index("| jade |")  # Table 1's order
     shown = runner.invoke(app, ["eval", run, "--dataset", "patients", "--root", str(bar_data_root), "--device", "cpu"])
     assert f"per group ({group['n_groups']}): error (%)" in shown.output
+    lines = runner.invoke(app, ["eval", str(runs), "--dataset", "patients", "--root", str(bar_data_root),
+                                "--device", "cpu"]).output
+    jade_line = " ".join(lines.split("jade seed 0 patients (primary): ")[1].split("weights of step")[0].split())
+    jade = next(r for r in out["records"] if r["method"] == "jade")["results"][0]
+    assert f"balanced accuracy {jade['balanced_accuracy']:.3f}" in jade_line
+    assert f"per group error {group['error']:.2f}%" in jade_line
 
 
 def test_nothing_is_written_when_one_run_fails(trained, tmp_path):

@@ -228,3 +228,13 @@ def test_group_prediction_of_confident_mistakes_stays_finite():
     assert torch.isfinite(log_probs).all()
     assert -log_probs[0, 1].item() == pytest.approx(1000 - math.log((1 + math.exp(-1)) / 2), abs=1e-9)
     assert metrics.group_report(logits, torch.tensor([1, 1]), torch.tensor([4, 4]), ("a", "b"))["nll"] < 1001
+
+
+def test_validation_metrics_include_balanced_accuracy():
+    """`classification_metrics` (what validation records and `select = "val_balanced_accuracy"` ranks): the mean
+    recall over the classes present, here 9 of 10 class-0 images right and 0 of 2 class-1 ones, class 2 absent."""
+    labels = torch.tensor([0] * 10 + [1, 1])
+    logits = torch.zeros(12, 3)
+    logits[:9, 0] = logits[9, 2] = logits[10:, 0] = 1.0
+    m = classification_metrics(logits, labels)
+    assert m["accuracy"] == pytest.approx(9 / 12) and m["balanced_accuracy"] == pytest.approx((0.9 + 0.0) / 2)

@@ -199,8 +199,21 @@ def test_an_option_added_since_the_runs_is_no_change_at_its_default(tmp_path, wr
         io.atomic_write_json(marker, {**written, "recipe_fingerprint": "0123456789abcdef"})
         balanced = run_cli(["run", str(recipe), "--set", 'train.primary_sampling="class_balanced"'])
         threads = run_cli(["run", str(recipe), "--set", "train.threads=2"])  # where it runs, like train.device
+        recorded_threads = {**written["recipe"], "train": {**written["recipe"]["train"], "threads": 1}}  # as 0.3 did
+        io.atomic_write_json(marker, {**written, "recipe": recorded_threads, "recipe_fingerprint": "0123456789abcdef"})
+        old_threads = run_cli(["run", str(recipe)])
+        retired = {**written["recipe"], "train": {**written["recipe"]["train"], "threads": 1, "retired_option": 3}}
+        io.atomic_write_json(marker, {**written, "recipe": retired, "recipe_fingerprint": "0123456789abcdef"})
+        unreadable = run_cli(["run", str(recipe)])  # a key this version does not know: named, threads not
+        io.atomic_write_json(marker, {**written, "recipe": {**written["recipe"], "experiment": None},
+                                      "recipe_fingerprint": "0123456789abcdef"})
+        damaged = run_cli(["run", str(recipe)])
     assert again.exit_code == 0 and "skipped" in again.output, again.output
     assert threads.exit_code == 0 and "skipped" in threads.output, threads.output
+    assert old_threads.exit_code == 0 and "skipped" in old_threads.output, old_threads.output
+    assert unreadable.exit_code == 2 and "train.retired_option 3 -> null)" in " ".join(unreadable.output.split())
+    assert "threads" not in unreadable.output
+    assert damaged.exit_code == 2 and "different recipe" in damaged.output and "Traceback" not in damaged.output
     assert balanced.exit_code == 2 and "different recipe" in balanced.output
     assert 'train.primary_sampling "shuffled" -> "class_balanced")' in " ".join(balanced.output.split())
 

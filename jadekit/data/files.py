@@ -82,7 +82,7 @@ def require_files(
     cause = None
     if download:
         created = _absent_dirs(wanted)
-        existed = {p for alts in wanted for p in alts if p.exists()}
+        existed = {p for alts in wanted for p in alts if p.exists() or p.is_symlink()}  # a dangling link is the user's
         fetched = False
         try:
             fetch()
@@ -133,7 +133,11 @@ def _absent_dirs(wanted: Sequence[tuple[Path, ...]]) -> list[Path]:
 def _remove_new_files(wanted: Sequence[tuple[Path, ...]], existed: set[Path]) -> None:
     """Delete the wanted files a failed download created: they may be cut short, and would then be read as data."""
     for path in (p for alts in wanted for p in alts if p not in existed):
-        path.unlink(missing_ok=True)
+        try:
+            if path.is_file() and not path.is_symlink():
+                path.unlink()
+        except OSError:
+            pass  # runs in a `finally`: never replace the download's own error (or Ctrl-C) with this one
 
 
 def _remove_empty(folders: Sequence[Path]) -> None:
