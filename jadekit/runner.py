@@ -245,13 +245,15 @@ def train_one(
     elapsed = time.perf_counter() - started
     restore_best(trainer.model, state)
 
+    primary_test = evaluate_split(trainer.model, p.test_x, p.test_y, "primary")
+    auxiliary_test = evaluate_split(trainer.model, a.test_x, a.test_y, "auxiliary") if trainer.model.uses_auxiliary else {}
     final = {
         "method": method,
         "seed": seed,
-        "primary_test_error": evaluate_split(trainer.model, p.test_x, p.test_y, "primary")["error"],
-        "auxiliary_test_error": (
-            evaluate_split(trainer.model, a.test_x, a.test_y, "auxiliary")["error"] if trainer.model.uses_auxiliary else None
-        ),
+        "primary_test_error": primary_test["error"],
+        "auxiliary_test_error": auxiliary_test.get("error"),
+        "primary_test_balanced_accuracy": primary_test["balanced_accuracy"],
+        "auxiliary_test_balanced_accuracy": auxiliary_test.get("balanced_accuracy"),
         "primary_val_accuracy": state.best_score[0] if state.best_score else None,
         "primary_val_balanced_accuracy": state.best_score[2] if state.best_score and len(state.best_score) > 2 else None,
         "best_step": state.best_step,

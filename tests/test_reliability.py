@@ -78,7 +78,8 @@ def assert_same_run(a: Path, b: Path) -> None:
     for key in ("primary_test_error", "auxiliary_test_error", "primary_val_accuracy", "primary_val_balanced_accuracy",
                 "best_step", "steps"):
         assert fa[key] == fb[key], key
-    assert 0 <= fa["primary_val_balanced_accuracy"] <= 1
+    assert 0 <= fa["primary_val_balanced_accuracy"] <= 1 and 0 <= fa["primary_test_balanced_accuracy"] <= 1
+    assert fa["primary_test_balanced_accuracy"] == fb["primary_test_balanced_accuracy"]
     wa, wb = final_weights(a), final_weights(b)
     assert wa.keys() == wb.keys()
     for k in wa:
