@@ -269,6 +269,17 @@ def test_a_score_kept_before_balanced_accuracy_existed_is_beaten_by_any_balanced
     assert LoopPlan(5, 1, 5, select="val_nll").better((0.5, -0.05, 0.1), old)
 
 
+def test_fit_takes_a_validate_that_reports_only_accuracy_and_nll():
+    """`fit` is engine API (the throughput benchmark calls it): balanced accuracy is optional in what validate returns."""
+    model = torch.nn.Linear(1, 1, bias=False)
+    model.loss_terms = lambda batch, w: {"total": (model.weight * 0).sum()}
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
+    state = fit(model, opt, sched, lambda: None, lambda s: None, lambda: {"accuracy": 0.5, "nll": 1.0},
+                LoopPlan(2, 1, 100))
+    assert state.best_score == (0.5, -1.0) and state.best_step == 1
+
+
 def test_progress_bar_shows_the_latest_validation_at_once():
     from rich.progress import Progress
 

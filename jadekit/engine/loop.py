@@ -64,7 +64,8 @@ class LoopPlan:
     def better(self, score: tuple[float, ...], than: tuple[float, ...] | None) -> bool:
         """Whether weights validated at (accuracy, -NLL, balanced accuracy) replace the kept ones (always, for "last").
 
-        A score kept by jadekit 0.3 has no balanced accuracy; it counts as the lowest.
+        A score without balanced accuracy (kept by jadekit 0.3, or from a `validate` that does not report it) counts
+        as the lowest there.
         """
         if than is None or self.select == "last":
             return True
@@ -150,7 +151,7 @@ def fit(
             flush()
         if validating:
             metrics = validate()
-            score = (metrics["accuracy"], -metrics["nll"], metrics["balanced_accuracy"])
+            score = (metrics["accuracy"], -metrics["nll"], *[metrics[k] for k in ("balanced_accuracy",) if k in metrics])
             improved = plan.better(score, state.best_score)
             if improved:
                 state.best_score, state.best_step = score, state.step
