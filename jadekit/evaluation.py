@@ -301,20 +301,21 @@ def aggregate(records: list[dict]) -> dict:
     """Table-1 rows (summary.py) plus mean ± std of every metric per method and domain (and per group of images,
     `<domain> per group`, where the data has groups)."""
     finals, by_method = [], {}
+
+    def collect(method: str, key: str, values: dict, names: tuple[str, ...]) -> None:
+        slot = by_method.setdefault(method, {}).setdefault(key, {m: [] for m in names})
+        for m in names:
+            slot[m].append(values[m])
+
     for r in records:
         res = {x["domain"]: x for x in r["results"]}
         finals.append({"method": r["method"], "seed": r["seed"],
                        "primary_test_error": res["primary"]["error"] if "primary" in res else math.nan,
                        "auxiliary_test_error": res["auxiliary"]["error"] if "auxiliary" in res else None})
         for domain, x in res.items():
-            slot = by_method.setdefault(r["method"], {}).setdefault(domain, {m: [] for m in METRICS})
-            for m in METRICS:
-                slot[m].append(x[m])
+            collect(r["method"], domain, x, METRICS)
             if "error" in x.get("per_group", {}):
-                group_slot = by_method[r["method"]].setdefault(f"{domain} per group",
-                                                               {m: [] for m in (*METRICS, "n_groups")})
-                for m in (*METRICS, "n_groups"):
-                    group_slot[m].append(x["per_group"][m])
+                collect(r["method"], f"{domain} per group", x["per_group"], (*METRICS, "n_groups"))
     detail = {m: {d: {k: mean_std(v) for k, v in metrics.items()} for d, metrics in doms.items()} for m, doms in by_method.items()}
     return {"rows": summarize(finals), "differences": seed_differences(finals), "metrics": detail}
 

@@ -82,13 +82,16 @@ def pick_device(requested: str, setting: str = "train.device") -> torch.device:
     return torch.device(requested)
 
 
+_WHICH_RUNS = ("methods", "seeds", "output_dir")  # experiment keys: which runs, and where they are written
+_WHERE_RUN = ("device", "threads")  # train keys: where they run (like `--jobs`, only the last bits change)
+
+
 def _identity(recipe: Recipe) -> dict:
-    """What a run computes: the recipe less the list of methods/seeds, where it is written, and the device and CPU
-    threads it runs on (like `--jobs`, they change only the last bits of the numbers)."""
+    """What a run computes: the recipe less `_WHICH_RUNS` and `_WHERE_RUN`."""
     d = recipe_to_dict(recipe)
-    for key in ("methods", "seeds", "output_dir"):
+    for key in _WHICH_RUNS:
         d["experiment"].pop(key, None)
-    for key in ("device", "threads"):
+    for key in _WHERE_RUN:
         d["train"].pop(key, None)
     return d
 
@@ -98,16 +101,13 @@ def _identity_now(old: dict, recipe: Recipe) -> dict:
     since take their defaults, so a new option left at its default is no change (this assumes defaults never change
     meaning: a release that changes one must treat it as a change). One this version cannot read is returned less
     the keys `_identity` leaves out."""
-    current = recipe_to_dict(recipe)
-    unrecorded = {k: v for k, v in current["experiment"].items() if k in ("methods", "seeds", "output_dir")}
+    unrecorded = {k: v for k, v in recipe_to_dict(recipe)["experiment"].items() if k in _WHICH_RUNS}
     experiment, train = old.get("experiment"), old.get("train")
     if not isinstance(experiment, dict) or not isinstance(train, dict):
         return old
-    train = {k: v for k, v in train.items() if k not in ("device", "threads")}  # threads: recorded until jadekit 0.3
+    train = {k: v for k, v in train.items() if k not in _WHERE_RUN}  # threads: recorded until jadekit 0.3
     try:
-        device = {k: v for k, v in current["train"].items() if k == "device"}
-        return _identity(Recipe.model_validate({**old, "experiment": {**experiment, **unrecorded},
-                                                "train": {**train, **device}}))
+        return _identity(Recipe.model_validate({**old, "experiment": {**experiment, **unrecorded}, "train": train}))
     except ValidationError:
         return {**old, "train": train}
 

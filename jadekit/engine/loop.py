@@ -151,7 +151,9 @@ def fit(
             flush()
         if validating:
             metrics = validate()
-            score = (metrics["accuracy"], -metrics["nll"], *[metrics[k] for k in ("balanced_accuracy",) if k in metrics])
+            score = (metrics["accuracy"], -metrics["nll"])
+            if "balanced_accuracy" in metrics:  # optional: a `validate` of one's own may not report it
+                score += (metrics["balanced_accuracy"],)
             improved = plan.better(score, state.best_score)
             if improved:
                 state.best_score, state.best_step = score, state.step
