@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import platform
 import subprocess
 import sys
@@ -21,9 +22,13 @@ def _version(dist: str) -> str:
         return "not installed"
 
 
+@functools.cache
 def _git_commit() -> str | None:
     """The commit of the jadekit checkout in use ("+dirty" with uncommitted changes); None unless jadekit runs from
-    its own git checkout (an editable install), e.g. not from a site-packages that happens to lie in some repository."""
+    its own git checkout (an editable install), e.g. not from a site-packages that happens to lie in some repository.
+
+    Asked once per process (three git calls), not once per run: the code a process runs is imported once.
+    """
     here = Path(__file__).resolve().parent
     git = ["git", "--no-optional-locks", "-C", str(here)]  # never take the index lock of the user's checkout
     try:
