@@ -6,6 +6,8 @@ import bz2
 import gzip
 import re
 import struct
+import tempfile
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +16,7 @@ import scipy.io
 import torch
 
 from jadekit.data.base import DIGITS, DatasetAdapter, NoParams
+from jadekit.data.files import require_files
 from jadekit.data.mnist import MNIST
 from jadekit.data.svhn import SVHN
 from jadekit.data.usps import USPS
@@ -305,10 +308,13 @@ def test_download_offline_is_one_clear_error(tmp_path, monkeypatch, name):
         ADAPTERS[name].load(tmp_path, "train", P, download=True)
     assert "JADEKIT_DATA" in str(err.value)
     assert str(tmp_path / EXPECTED[name][0]) in str(err.value)
-    # torchvision's own layout: MNIST/raw under the given root; USPS and SVHN in their folder
-    expected_root = tmp_path if name == "MNIST" else tmp_path / name
-    expected_kwargs = {"split": "train"} if name == "SVHN" else {"train": True}
-    assert calls == [(expected_root, {**expected_kwargs, "download": True})]
+    # torchvision's own layout, in a staging folder beside the data: MNIST/raw under it; USPS and SVHN in their folder
+    (into, kwargs), = calls
+    staging = into if name == "MNIST" else into.parent
+    assert staging.parent == tmp_path and staging.name.startswith(".jadekit-download-") and into.name != "raw"
+    assert into == staging or into == staging / name
+    assert kwargs == {**({"split": "train"} if name == "SVHN" else {"train": True}), "download": True}
+    assert list(tmp_path.iterdir()) == []  # the staging folder is gone
 
 
 @pytest.mark.parametrize("name", list(ADAPTERS))
@@ -349,7 +355,7 @@ def test_failed_download_leaves_no_new_empty_folders(tmp_path, monkeypatch, name
     assert [p.relative_to(tmp_path) for p in tmp_path.rglob("*")] == [Path(name)]
 
 
-def test_failed_download_keeps_what_it_wrote(tmp_path, monkeypatch):
+def test_failed_download_leaves_nothing_behind(tmp_path, monkeypatch):
     datasets = pytest.importorskip("torchvision.datasets")
 
     def partial(root, *args, **kwargs):
@@ -358,9 +364,10 @@ def test_failed_download_keeps_what_it_wrote(tmp_path, monkeypatch):
         raise RuntimeError("connection reset")
 
     monkeypatch.setattr(datasets, "USPS", partial)
+    (tmp_path / "data").mkdir()
     with pytest.raises(DataError, match="connection reset"):
-        USPS().load(tmp_path / "new", "train", P, download=True)
-    assert (tmp_path / "new" / "USPS" / "usps.bz2.part").exists()
+        USPS().load(tmp_path / "data", "train", P, download=True)
+    assert list((tmp_path / "data").iterdir()) == []
 
 
 @pytest.mark.parametrize("interrupt", [RuntimeError("connection reset"), KeyboardInterrupt()])
@@ -385,7 +392,8 @@ def test_a_download_cut_short_leaves_no_partial_data_file(tmp_path, monkeypatch,
     (raw / "train-images-idx3-ubyte").write_bytes(b"kept")  # there before: MNIST downloads the missing labels
 
     def labels_cut_short(root, *args, **kwargs):
-        (raw / "train-labels-idx1-ubyte.gz").write_bytes(b"\x1f\x8b")
+        (Path(root) / "MNIST" / "raw").mkdir(parents=True)
+        (Path(root) / "MNIST" / "raw" / "train-labels-idx1-ubyte.gz").write_bytes(b"\x1f\x8b")
         raise interrupt
 
     monkeypatch.setattr(datasets, "MNIST", labels_cut_short)
@@ -406,9 +414,10 @@ def test_a_failed_download_keeps_a_dangling_link_to_the_data(tmp_path, monkeypat
     (tmp_path / "USPS").mkdir()
     link = tmp_path / "USPS" / "usps.bz2"
     link.symlink_to(tmp_path / "share" / "usps.bz2")
-    with pytest.raises(DataError, match="download failed: offline"):
+    with pytest.raises(DataError, match="download failed: offline") as err:
         USPS().load(tmp_path, "train", P, download=True)
     assert link.is_symlink()
+    assert f"usps.bz2 is a link to {tmp_path / 'share' / 'usps.bz2'}, which does not exist" in str(err.value)
 
 
 def test_download_then_read_with_own_reader(tmp_path, monkeypatch):
@@ -429,6 +438,70 @@ def test_existing_files_are_not_downloaded(tmp_path, monkeypatch):
     monkeypatch.setattr(datasets, "USPS", lambda *a, **k: pytest.fail("download attempted"))
     write_usps(tmp_path, "test", b"2 1:0.5\n")
     assert USPS().load(tmp_path, "test", P, download=True).labels.tolist() == [1]
+
+
+def test_parallel_runs_download_once_and_never_see_a_partial_file(tmp_path):
+    """Runs started together on one machine (the protocol script, `--jobs`, an array job) share one download:
+    while it runs the data root holds no partial file, and the runs that waited read what it moved into place."""
+    wanted = [(tmp_path / "USPS" / "usps.bz2",)]
+    fetching, release, calls = threading.Event(), threading.Event(), []
+
+    def slow_fetch(into: Path) -> None:
+        calls.append(into)
+        (into / "USPS").mkdir()
+        (into / "USPS" / "usps.bz2").write_bytes(b"half")
+        fetching.set()
+        assert release.wait(10)
+        (into / "USPS" / "usps.bz2").write_bytes(b"whole file")
+
+    results = {}
+
+    def run(name: str) -> None:
+        results[name] = require_files("USPS", "train", wanted, True, slow_fetch, tmp_path)
+
+    first = threading.Thread(target=run, args=("first",))
+    first.start()
+    assert fetching.wait(10)
+    second = threading.Thread(target=run, args=("second",))
+    second.start()
+    with pytest.raises(DataError, match="data files not found"):  # mid-download: missing, not half a file
+        require_files("USPS", "train", wanted, False, slow_fetch, tmp_path)
+    release.set()
+    first.join(10)
+    second.join(10)
+    assert len(calls) == 1
+    assert results == {"first": [wanted[0][0]], "second": [wanted[0][0]]}
+    assert wanted[0][0].read_bytes() == b"whole file"
+    assert [p.name for p in tmp_path.iterdir()] == ["USPS"]
+
+
+def test_a_download_adds_missing_files_and_keeps_the_ones_there(tmp_path):
+    raw = tmp_path / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    (raw / "train-images-idx3-ubyte").write_bytes(b"the user's")
+    wanted = [(raw / n, raw / f"{n}.gz") for n in ("train-images-idx3-ubyte", "train-labels-idx1-ubyte")]
+
+    def fetch(into: Path) -> None:  # torchvision fetches every file of both splits
+        (into / "MNIST" / "raw").mkdir(parents=True)
+        for n in ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte"):
+            (into / "MNIST" / "raw" / n).write_bytes(b"downloaded")
+
+    found = require_files("MNIST", "train", wanted, True, fetch, tmp_path)
+    assert found == [raw / "train-images-idx3-ubyte", raw / "train-labels-idx1-ubyte"]
+    assert (raw / "train-images-idx3-ubyte").read_bytes() == b"the user's"
+    assert (raw / "train-labels-idx1-ubyte").read_bytes() == b"downloaded"
+    assert (raw / "t10k-images-idx3-ubyte").exists()  # the other split came with it: no second download
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["MNIST"]
+
+
+def test_a_read_only_data_root_is_one_clear_error(tmp_path, monkeypatch):
+    def no_staging(*args, **kwargs):
+        raise PermissionError(13, "Permission denied", str(tmp_path))
+
+    monkeypatch.setattr(tempfile, "mkdtemp", no_staging)
+    with pytest.raises(DataError, match=r"download failed: .*Permission denied") as err:
+        USPS().load(tmp_path, "train", P, download=True)
+    assert str(tmp_path / "USPS" / "usps.bz2") in str(err.value)
 
 
 # --- the real data ---------------------------------------------------------------------------

@@ -4,9 +4,15 @@ from __future__ import annotations
 
 import bz2
 import gzip
+import hashlib
+import os
+import shutil
+import tempfile
 import zlib
 from collections.abc import Callable, Sequence
 from pathlib import Path
+
+from filelock import FileLock
 
 from jadekit.errors import DataError, MissingFilesError
 
@@ -57,49 +63,50 @@ def require_files(
     split: str,
     wanted: Sequence[tuple[Path, ...]],
     download: bool,
-    fetch: Callable[[], object],
-    root: Path | None = None,
+    fetch: Callable[[Path], object],
+    root: Path,
 ) -> list[Path]:
     """Return one existing path per wanted file, downloading once if any is missing.
 
     Args:
         dataset: dataset name for error messages.
         split: split name for error messages.
-        wanted: per file, the paths it may have, in order of preference (e.g. raw, then .gz).
+        wanted: per file, the paths it may have under `root`, in order of preference (e.g. raw, then .gz).
         download: whether `fetch` may be called when files are missing.
-        fetch: downloads the files into place; any exception it raises means failure.
-        root: the data root, to name the files' layout under it in the error.
+        fetch: downloads the files into the folder it is given, laid out as under `root`; any exception it raises
+            means failure.
+        root: the data root.
 
-    A download that fails (or is interrupted) leaves none of the wanted files it created, since any of them may be
-    partial, and no folders it created that are left empty; anything else it wrote (e.g. `*.part`) is kept.
+    The download goes to a fresh folder beside the data, and only a finished download's files are moved into
+    place, each in one atomic step: the data root never holds a partial file, a failed or interrupted download
+    leaves nothing behind, and files that were there are never replaced. Processes on one machine that need the
+    same files (parallel runs, `jadekit run --jobs`) download them once: the others wait, then read them.
 
     Raises:
         DataError: files are missing and `download` is false or the download failed.
     """
     found = _first_existing(wanted)
-    if all(found):
-        return found  # type: ignore[return-value]
-    cause = None
-    if download:
-        created = _absent_dirs(wanted)
-        existed = {p for alts in wanted for p in alts if p.exists() or p.is_symlink()}  # a dangling link is the user's
-        fetched = False
-        try:
-            fetch()
-            fetched = True
-        except Exception as e:  # offline, checksum mismatch, server down: all mean "no files"
-            cause = _brief(e)
-        finally:  # also on Ctrl-C: no partial wanted files, no empty folders (torchvision creates them first)
-            if not fetched:
-                _remove_new_files(wanted, existed)
-            _remove_empty(created)
-        found = _first_existing(wanted)
+    if all(found) or not download:
+        return _all_or_error(dataset, split, wanted, found, root, cause=None)
+    with FileLock(_lock_path(root)):
+        found = _first_existing(wanted)  # another process may have fetched them while this one waited
         if all(found):
             return found  # type: ignore[return-value]
-        cause = cause or "download finished but the files are still missing"
-    absent = [alts for alts, f in zip(wanted, found, strict=True) if f is None]
-    layout = [str(alts[0].relative_to(root)) for alts in absent] if root is not None else []
-    raise missing_files_error(dataset, split, [_alternatives(alts) for alts in absent], cause, layout)
+        created = _absent_folders(root)
+        staging = None
+        try:
+            root.mkdir(parents=True, exist_ok=True)
+            staging = Path(tempfile.mkdtemp(prefix=".jadekit-download-", dir=root))
+            fetch(staging)
+            _move_new_files(staging, root)
+            cause = "download finished but the files are still missing"
+        except Exception as e:  # offline, checksum mismatch, server down, read-only root: all mean "no files"
+            cause = _brief(e)
+        finally:  # also on Ctrl-C
+            if staging is not None:
+                shutil.rmtree(staging, ignore_errors=True)
+            _remove_empty(created)
+        return _all_or_error(dataset, split, wanted, _first_existing(wanted), root, cause)
 
 
 def read_bytes(path: Path) -> bytes:
@@ -119,31 +126,45 @@ def read_bytes(path: Path) -> bytes:
         raise corrupt_file_error(path, e) from e
 
 
-def _absent_dirs(wanted: Sequence[tuple[Path, ...]]) -> list[Path]:
-    """The wanted files' folders and their ancestors that do not exist yet, deepest first."""
-    absent = set()
-    for path in (p for alts in wanted for p in alts):
-        folder = path.parent
-        while folder != folder.parent and not folder.exists():
-            absent.add(folder)
-            folder = folder.parent
-    return sorted(absent, key=lambda d: len(d.parts), reverse=True)
+def _all_or_error(
+    dataset: str, split: str, wanted: Sequence[tuple[Path, ...]], found: list[Path | None], root: Path, cause: str | None
+) -> list[Path]:
+    if all(found):
+        return found  # type: ignore[return-value]
+    absent = [alts for alts, f in zip(wanted, found, strict=True) if f is None]
+    layout = [str(alts[0].relative_to(root)) for alts in absent]
+    raise missing_files_error(dataset, split, [_alternatives(alts) for alts in absent], cause, layout)
 
 
-def _remove_new_files(wanted: Sequence[tuple[Path, ...]], existed: set[Path]) -> None:
-    """Delete the wanted files a failed download created: they may be cut short, and would then be read as data."""
-    for path in (p for alts in wanted for p in alts if p not in existed):
-        try:
-            if path.is_file() and not path.is_symlink():
-                path.unlink()
-        except OSError:
-            pass  # runs in a `finally`: never replace the download's own error (or Ctrl-C) with this one
+def _lock_path(root: Path) -> Path:
+    """One lock per data root and machine, in the temp folder: the data root may be read-only or shared."""
+    key = hashlib.sha256(str(root.resolve()).encode()).hexdigest()[:16]
+    return Path(tempfile.gettempdir()) / f"jadekit-download-{key}.lock"
+
+
+def _move_new_files(staging: Path, root: Path) -> None:
+    """Move every file the download wrote into its place under `root`, keeping the files already there."""
+    for path in sorted(p for p in staging.rglob("*") if p.is_file()):
+        target = root / path.relative_to(staging)
+        if target.exists() or target.is_symlink():  # the user's file (or link to a shared store) stays
+            continue
+        target.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(path, target)  # atomic: readers see no file or the whole file
+
+
+def _absent_folders(folder: Path) -> list[Path]:
+    """`folder` and its ancestors that do not exist yet, deepest first."""
+    absent = []
+    while folder != folder.parent and not folder.exists():
+        absent.append(folder)
+        folder = folder.parent
+    return absent
 
 
 def _remove_empty(folders: Sequence[Path]) -> None:
     for folder in folders:
         try:
-            folder.rmdir()  # only if empty: whatever the download did write is kept
+            folder.rmdir()  # only if empty
         except OSError:
             pass
 
@@ -154,7 +175,12 @@ def _first_existing(wanted: Sequence[tuple[Path, ...]]) -> list[Path | None]:
 
 def _alternatives(paths: tuple[Path, ...]) -> str:
     others = [p.name if p.parent == paths[0].parent else str(p) for p in paths[1:]]
-    return str(paths[0]) + "".join(f" (or {o})" for o in others)
+    broken = [p for p in paths if p.is_symlink()]  # absent, yet a link: it points at nothing
+    return (
+        str(paths[0])
+        + "".join(f" (or {o})" for o in others)
+        + "".join(f" ({p.name} is a link to {os.readlink(p)}, which does not exist)" for p in broken)
+    )
 
 
 def _brief(e: BaseException, limit: int = 300) -> str:

@@ -37,10 +37,10 @@ class MNIST:
         # The uncompressed form is what torchvision extracts to; read it when both exist.
         wanted = [(raw / n, raw / f"{n}.gz") for n in names]
 
-        def fetch() -> None:
+        def fetch(into: Path) -> None:
             from torchvision import datasets  # heavy: only imported to download
 
-            datasets.MNIST(str(root), train=split == "train", download=True)
+            datasets.MNIST(str(into), train=split == "train", download=True)
 
         image_file, label_file = require_files("MNIST", split, wanted, download, fetch, root=Path(root))
         images = read_idx(image_file, ndim=3)

@@ -36,10 +36,10 @@ class SVHN:
         """
         folder = Path(root) / "SVHN"
 
-        def fetch() -> None:
+        def fetch(into: Path) -> None:
             from torchvision import datasets  # heavy: only imported to download
 
-            datasets.SVHN(str(folder), split=split, download=True)
+            datasets.SVHN(str(into / "SVHN"), split=split, download=True)
 
         (path,) = require_files("SVHN", split, [(folder / _FILES[split],)], download, fetch, root=Path(root))
         x, y = _read_mat(path)

@@ -42,10 +42,10 @@ class USPS:
         """
         folder = Path(root) / "USPS"
 
-        def fetch() -> None:
+        def fetch(into: Path) -> None:
             from torchvision import datasets  # heavy: only imported to download
 
-            datasets.USPS(str(folder), train=split == "train", download=True)
+            datasets.USPS(str(into / "USPS"), train=split == "train", download=True)
 
         (path,) = require_files("USPS", split, [(folder / _FILES[split],)], download, fetch, root=Path(root))
         n_pixels = _SHAPE[1] * _SHAPE[2]
