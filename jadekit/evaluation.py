@@ -311,6 +311,7 @@ def aggregate(records: list[dict]) -> dict:
         res = {x["domain"]: x for x in r["results"]}
         finals.append({"method": r["method"], "seed": r["seed"],
                        "primary_test_error": res["primary"]["error"] if "primary" in res else math.nan,
+                       "primary_test_balanced_accuracy": res["primary"]["balanced_accuracy"] if "primary" in res else None,
                        "auxiliary_test_error": res["auxiliary"]["error"] if "auxiliary" in res else None})
         for domain, x in res.items():
             collect(r["method"], domain, x, METRICS)

@@ -37,7 +37,9 @@ def mean_std(values: list[float]) -> dict[str, float | int | None]:
 
 
 def summarize(finals: Iterable[dict]) -> list[dict]:
-    """One row per method: primary and auxiliary test error (mean, std, n) and the seeds."""
+    """One row per method: primary and auxiliary test error (mean, std, n), the primary test set's balanced error
+    (100 % minus its balanced accuracy: the error when every class counts the same; n = 0 for runs that did not
+    record it) and the seeds."""
     by_method: dict[str, list[dict]] = {}
     for f in finals:
         by_method.setdefault(f["method"], []).append(f)
@@ -45,9 +47,12 @@ def summarize(finals: Iterable[dict]) -> list[dict]:
     for method in sorted(by_method, key=method_order):
         runs = by_method[method]
         aux = [r["auxiliary_test_error"] for r in runs if r.get("auxiliary_test_error") is not None]
+        balanced = [100.0 * (1.0 - r["primary_test_balanced_accuracy"]) for r in runs
+                    if r.get("primary_test_balanced_accuracy") is not None]  # jadekit < 0.4 did not record it
         rows.append({
             "method": method,
             "primary_test_error": mean_std([r["primary_test_error"] for r in runs]),
+            "primary_test_balanced_error": mean_std(balanced),
             "auxiliary_test_error": mean_std(aux),
             "seeds": sorted(r["seed"] for r in runs),
         })
@@ -89,15 +94,19 @@ def fmt(stat: dict) -> str:
 
 
 def to_markdown(rows: list[dict], title: str, differences: list[dict] | None = None) -> str:
+    """Table 1 (a balanced-error column when any run recorded one) and, if given, the per-seed differences."""
+    balanced = any(r.get("primary_test_balanced_error", {}).get("n") for r in rows)
     lines = [
         f"# {title}: test error (%)",
         "",
-        "| method | primary test error | auxiliary test error | n |",
-        "| --- | --- | --- | --- |",
+        "| method | primary test error |" + (" primary balanced error |" if balanced else "") + " auxiliary test error | n |",
+        "| --- | --- |" + (" --- |" if balanced else "") + " --- | --- |",
     ]
     for r in rows:
-        lines.append(f"| {r['method']} | {fmt(r['primary_test_error'])} | {fmt(r['auxiliary_test_error'])} "
-                     f"| {r['primary_test_error']['n']} |")
+        cells = [r["method"], fmt(r["primary_test_error"])]
+        cells += [fmt(r["primary_test_balanced_error"])] if balanced else []
+        cells += [fmt(r["auxiliary_test_error"]), str(r["primary_test_error"]["n"])]
+        lines.append("| " + " | ".join(cells) + " |")
     if differences:
         lines += [
             "",
@@ -119,20 +128,21 @@ def summary_markdown(finals: Iterable[dict], title: str) -> str:
     return to_markdown(summarize(finals), title, seed_differences(finals))
 
 
-CSV_COLUMNS = ("method", "primary_error_mean", "primary_error_std", "auxiliary_error_mean", "auxiliary_error_std", "n")
+CSV_COLUMNS = ("method", "primary_error_mean", "primary_error_std", "auxiliary_error_mean", "auxiliary_error_std", "n",
+               "primary_balanced_error_mean", "primary_balanced_error_std")
 DIFFERENCE_COLUMNS = ("method", "minus", "n", "primary_error_mean", "primary_error_std", "primary_error_se",
                       "seeds_won", "seeds_tied")
 
 
 def to_csv(rows: list[dict]) -> str:
-    """One row per method: its test errors' mean, std and n (seeds); undefined values (a std of one seed, no
-    auxiliary error) are empty cells."""
+    """One row per method: its test errors' mean, std and n (seeds), then the primary balanced error's mean and std;
+    undefined values (a std of one seed, no auxiliary or balanced error) are empty cells."""
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
     w.writerow(CSV_COLUMNS)
     for r in rows:
-        p, a = r["primary_test_error"], r["auxiliary_test_error"]
-        w.writerow([r["method"], p["mean"], p["std"], a["mean"], a["std"], p["n"]])
+        p, a, b = r["primary_test_error"], r["auxiliary_test_error"], r["primary_test_balanced_error"]
+        w.writerow([r["method"], p["mean"], p["std"], a["mean"], a["std"], p["n"], b["mean"], b["std"]])
     return buf.getvalue()
 
 

@@ -114,6 +114,22 @@ def test_one_seed_std_is_null_in_json_and_empty_in_csv(tmp_path):
     assert "| jade | 4.00 ± – | 1.50 ± – | 1 |" in (tmp_path / "summary.md").read_text()
 
 
+def test_the_balanced_error_is_shown_when_runs_recorded_it(tmp_path):
+    """Imbalanced test sets (a rare diagnosis) need the error where every class counts the same, next to the error."""
+    finals = [{**final("jade", s, e), "primary_test_balanced_accuracy": b} for s, e, b in [(0, 4.0, 0.9), (1, 6.0, 0.8)]]
+    finals.append(final("single", 0, 5.0))  # recorded by jadekit 0.3: no balanced accuracy
+    write_summary(tmp_path, finals, "imbalanced")
+    md = (tmp_path / "summary.md").read_text()
+    assert "| method | primary test error | primary balanced error | auxiliary test error | n |" in md
+    assert "| jade | 5.00 ± 1.41 | 15.00 ± 7.07 | - | 2 |" in md and "| single | 5.00 ± – | - | - | 1 |" in md
+    table = {r["method"]: r for r in csv.DictReader((tmp_path / "summary.csv").open())}
+    assert math.isclose(float(table["jade"]["primary_balanced_error_mean"]), 15.0)
+    assert table["single"]["primary_balanced_error_mean"] == ""
+    rows = {r["method"]: r for r in json.loads((tmp_path / "summary.json").read_text())["rows"]}
+    assert rows["single"]["primary_test_balanced_error"] == {"mean": None, "std": None, "n": 0}
+    assert "balanced" not in to_markdown(summarize([final("jade", 0, 4.0)]), "old runs")
+
+
 def test_csvs_carry_the_methods_and_the_per_seed_differences(tmp_path):
     errs = {"single": [5.0, 6.0, 9.0], "paired": [4.5, 6.0, 7.0], "jade": [4.0, 6.0, 3.0]}
     finals = [final(m, s, e, None if m == "single" else 1.0) for m, es in errs.items() for s, e in enumerate(es)]
