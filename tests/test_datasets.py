@@ -3,11 +3,17 @@
 from __future__ import annotations
 
 import bz2
+import errno
 import gzip
+import os
 import re
+import socket
 import struct
+import subprocess
+import sys
 import tempfile
 import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +21,7 @@ import pytest
 import scipy.io
 import torch
 
+from jadekit.data import files
 from jadekit.data.base import DIGITS, DatasetAdapter, NoParams
 from jadekit.data.files import require_files
 from jadekit.data.mnist import MNIST
@@ -275,6 +282,12 @@ def test_svhn_truncated_mat_names_file(tmp_path):
 
 # --- missing files and downloads -------------------------------------------------------------
 
+@pytest.fixture(autouse=True)
+def _download_locks_in_a_test_folder(tmp_path_factory, monkeypatch):
+    """Download lock files go to the temp folder: keep this module's out of the machine's."""
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path_factory.mktemp("locks")))
+
+
 EXPECTED = {
     "MNIST": ["MNIST/raw/train-images-idx3-ubyte", "MNIST/raw/train-labels-idx1-ubyte"],
     "USPS": ["USPS/usps.bz2"],
@@ -372,8 +385,8 @@ def test_failed_download_leaves_nothing_behind(tmp_path, monkeypatch):
 
 @pytest.mark.parametrize("interrupt", [RuntimeError("connection reset"), KeyboardInterrupt()])
 def test_a_download_cut_short_leaves_no_partial_data_file(tmp_path, monkeypatch, interrupt):
-    """A data file the failed (or Ctrl-C'd) download wrote is removed, so the next run says the file is missing
-    and downloads it again, instead of reading half a file; a file that was there before is never touched."""
+    """A data file the failed (or Ctrl-C'd) download wrote never reaches the data root, so the next run says the file
+    is missing and downloads it again, instead of reading half a file; a file that was there before is never touched."""
     datasets = pytest.importorskip("torchvision.datasets")
 
     def cut_short(root, *args, **kwargs):
@@ -417,7 +430,7 @@ def test_a_failed_download_keeps_a_dangling_link_to_the_data(tmp_path, monkeypat
     with pytest.raises(DataError, match="download failed: offline") as err:
         USPS().load(tmp_path, "train", P, download=True)
     assert link.is_symlink()
-    assert f"usps.bz2 is a link to {tmp_path / 'share' / 'usps.bz2'}, which does not exist" in str(err.value)
+    assert f"usps.bz2 is a link to {tmp_path / 'share' / 'usps.bz2'}, which is missing or not a file" in str(err.value)
 
 
 def test_download_then_read_with_own_reader(tmp_path, monkeypatch):
@@ -440,9 +453,9 @@ def test_existing_files_are_not_downloaded(tmp_path, monkeypatch):
     assert USPS().load(tmp_path, "test", P, download=True).labels.tolist() == [1]
 
 
-def test_parallel_runs_download_once_and_never_see_a_partial_file(tmp_path):
-    """Runs started together on one machine (the protocol script, `--jobs`, an array job) share one download:
-    while it runs the data root holds no partial file, and the runs that waited read what it moved into place."""
+def test_parallel_runs_download_once_and_never_see_a_partial_file(tmp_path, capsys):
+    """A user's runs started together on one machine (the protocol script, `--jobs`) share one download: while it
+    runs the data root holds no partial file, the runs that wait say so, and they read what it moved into place."""
     wanted = [(tmp_path / "USPS" / "usps.bz2",)]
     fetching, release, calls = threading.Event(), threading.Event(), []
 
@@ -464,6 +477,13 @@ def test_parallel_runs_download_once_and_never_see_a_partial_file(tmp_path):
     assert fetching.wait(10)
     second = threading.Thread(target=run, args=("second",))
     second.start()
+    waited = ""
+    for _ in range(200):  # the second run reaches the lock and says it waits
+        waited += capsys.readouterr().err
+        if "waiting for another jadekit process" in waited:
+            break
+        time.sleep(0.05)
+    assert f"waiting for another jadekit process that is downloading into {tmp_path}" in waited
     with pytest.raises(DataError, match="data files not found"):  # mid-download: missing, not half a file
         require_files("USPS", "train", wanted, False, slow_fetch, tmp_path)
     release.set()
@@ -475,20 +495,23 @@ def test_parallel_runs_download_once_and_never_see_a_partial_file(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["USPS"]
 
 
-def test_a_download_adds_missing_files_and_keeps_the_ones_there(tmp_path):
+@pytest.mark.parametrize("users_form", ["train-images-idx3-ubyte", "train-images-idx3-ubyte.gz"])
+def test_a_download_adds_missing_files_and_keeps_the_ones_there(tmp_path, users_form):
     raw = tmp_path / "MNIST" / "raw"
     raw.mkdir(parents=True)
-    (raw / "train-images-idx3-ubyte").write_bytes(b"the user's")
+    (raw / users_form).write_bytes(b"the user's")
     wanted = [(raw / n, raw / f"{n}.gz") for n in ("train-images-idx3-ubyte", "train-labels-idx1-ubyte")]
 
-    def fetch(into: Path) -> None:  # torchvision fetches every file of both splits
+    def fetch(into: Path) -> None:  # torchvision fetches every file of both splits, .gz and extracted
         (into / "MNIST" / "raw").mkdir(parents=True)
         for n in ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte"):
             (into / "MNIST" / "raw" / n).write_bytes(b"downloaded")
+            (into / "MNIST" / "raw" / f"{n}.gz").write_bytes(b"downloaded")
 
     found = require_files("MNIST", "train", wanted, True, fetch, tmp_path)
-    assert found == [raw / "train-images-idx3-ubyte", raw / "train-labels-idx1-ubyte"]
-    assert (raw / "train-images-idx3-ubyte").read_bytes() == b"the user's"
+    assert found == [raw / users_form, raw / "train-labels-idx1-ubyte"]  # the user's file is still the one read
+    assert (raw / users_form).read_bytes() == b"the user's"
+    assert not (raw / "train-images-idx3-ubyte").exists() or users_form == "train-images-idx3-ubyte"
     assert (raw / "train-labels-idx1-ubyte").read_bytes() == b"downloaded"
     assert (raw / "t10k-images-idx3-ubyte").exists()  # the other split came with it: no second download
     assert sorted(p.name for p in tmp_path.iterdir()) == ["MNIST"]
@@ -499,9 +522,80 @@ def test_a_read_only_data_root_is_one_clear_error(tmp_path, monkeypatch):
         raise PermissionError(13, "Permission denied", str(tmp_path))
 
     monkeypatch.setattr(tempfile, "mkdtemp", no_staging)
-    with pytest.raises(DataError, match=r"download failed: .*Permission denied") as err:
+    with pytest.raises(DataError, match=f"USPS train split: cannot download into the data root {tmp_path}: .*Permission") as err:
         USPS().load(tmp_path, "train", P, download=True)
-    assert str(tmp_path / "USPS" / "usps.bz2") in str(err.value)
+    assert f"make {tmp_path} writable" in err.value.hint and "internet" not in err.value.hint
+
+
+def test_a_lock_that_cannot_be_taken_is_one_clear_error(tmp_path, monkeypatch):
+    """E.g. another user's leftover lock file in a shared /tmp."""
+
+    class ForeignLock:
+        def __init__(self, path):
+            self.path = path
+
+        def acquire(self, timeout=None):
+            raise PermissionError(13, "lock file belongs to uid 1001", str(self.path))
+
+    monkeypatch.setattr(files, "FileLock", ForeignLock)
+    with pytest.raises(DataError, match="USPS train split: cannot take the download lock .*belongs to uid 1001") as err:
+        USPS().load(tmp_path, "train", P, download=True)
+    assert "delete" in err.value.hint and "TMPDIR" in err.value.hint
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_folder_on_another_disk_gets_its_files_copied_then_renamed(tmp_path, monkeypatch):
+    """A dataset folder linked to another disk: a rename from the staging folder cannot cross it."""
+    real_replace = os.replace
+
+    def cross_device(src, dst):
+        if files._STAGING in str(src):
+            raise OSError(errno.EXDEV, "Invalid cross-device link")
+        real_replace(src, dst)
+
+    monkeypatch.setattr(files.os, "replace", cross_device)
+
+    def fetch(into: Path) -> None:
+        (into / "USPS").mkdir()
+        (into / "USPS" / "usps.bz2").write_bytes(b"data")
+
+    found = require_files("USPS", "train", [(tmp_path / "USPS" / "usps.bz2",)], True, fetch, tmp_path)
+    assert found[0].read_bytes() == b"data"
+    assert [p.name for p in tmp_path.rglob("*")] == ["USPS", "usps.bz2"]  # no staging folder, no temp file
+
+
+def test_a_killed_download_leaves_a_staging_folder_that_the_next_one_removes(tmp_path):
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()  # a process that no longer exists, as a download killed with SIGKILL
+    host = socket.gethostname()
+    stale = tmp_path / f"{files._STAGING}{host}-{gone.pid}-abc123"
+    alive = tmp_path / f"{files._STAGING}{host}-{os.getppid()}-def456"  # a download still running
+    other = tmp_path / f"{files._STAGING}another-host-{gone.pid}-ghi789"  # another machine's: not ours to judge
+    for folder in (stale, alive, other):
+        (folder / "USPS").mkdir(parents=True)
+        (folder / "USPS" / "usps.bz2").write_bytes(b"part")
+
+    def fetch(into: Path) -> None:
+        (into / "USPS").mkdir()
+        (into / "USPS" / "usps.bz2").write_bytes(b"data")
+
+    require_files("USPS", "train", [(tmp_path / "USPS" / "usps.bz2",)], True, fetch, tmp_path)
+    assert not stale.exists() and alive.exists() and other.exists()
+
+
+def test_a_link_at_the_target_is_never_replaced_by_a_download(tmp_path):
+    (tmp_path / "USPS").mkdir()
+    link = tmp_path / "USPS" / "usps.bz2"
+    link.symlink_to(Path("..") / "share" / "usps.bz2")  # a shared store that is not mounted now
+
+    def fetch(into: Path) -> None:
+        (into / "USPS").mkdir()
+        (into / "USPS" / "usps.bz2").write_bytes(b"data")
+
+    with pytest.raises(DataError, match="download finished but the files are still missing") as err:
+        require_files("USPS", "train", [(link,)], True, fetch, tmp_path)
+    assert link.is_symlink() and not link.exists()
+    assert f"usps.bz2 is a link to {tmp_path / 'USPS' / '..' / 'share' / 'usps.bz2'}, which is missing or not a file" in str(err.value)
 
 
 # --- the real data ---------------------------------------------------------------------------

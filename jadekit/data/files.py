@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 import bz2
+import errno
 import gzip
 import hashlib
 import os
 import shutil
+import socket
+import sys
 import tempfile
 import zlib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
-from filelock import FileLock
+from filelock import FileLock, Timeout
 
 from jadekit.errors import DataError, MissingFilesError
 
@@ -77,34 +81,36 @@ def require_files(
             means failure.
         root: the data root.
 
-    The download goes to a fresh folder beside the data, and only a finished download's files are moved into
-    place, each in one atomic step: the data root never holds a partial file, a failed or interrupted download
-    leaves nothing behind, and files that were there are never replaced. Processes on one machine that need the
-    same files (parallel runs, `jadekit run --jobs`) download them once: the others wait, then read them.
+    The download goes to a staging folder in the data root (`.jadekit-download-<host>-<pid>-*`), and only a
+    finished download's files are moved into place, one atomic rename each (a copy, then a rename, into a folder
+    on another disk): the data root never holds a partial file, and a file already there, in any of its forms, is
+    kept. A failed or interrupted download removes its staging folder; one killed outright leaves it, and the next
+    download on that machine removes it. A user's runs on one machine that need the same files download them once:
+    the others wait (and say so on stderr), then read them.
 
     Raises:
-        DataError: files are missing and `download` is false or the download failed.
+        DataError: files are missing and `download` is false or the download failed; the data root cannot be
+            written; the download lock cannot be taken.
     """
     found = _first_existing(wanted)
     if all(found) or not download:
         return _all_or_error(dataset, split, wanted, found, root, cause=None)
-    with FileLock(_lock_path(root)):
+    with _download_lock(dataset, split, root):
         found = _first_existing(wanted)  # another process may have fetched them while this one waited
         if all(found):
             return found  # type: ignore[return-value]
         created = _absent_folders(root)
-        staging = None
         try:
-            root.mkdir(parents=True, exist_ok=True)
-            staging = Path(tempfile.mkdtemp(prefix=".jadekit-download-", dir=root))
-            fetch(staging)
-            _move_new_files(staging, root)
-            cause = "download finished but the files are still missing"
-        except Exception as e:  # offline, checksum mismatch, server down, read-only root: all mean "no files"
-            cause = _brief(e)
-        finally:  # also on Ctrl-C
-            if staging is not None:
+            staging = _new_staging(dataset, split, root)
+            try:
+                fetch(staging)
+                _move_new_files(staging, root, wanted)
+                cause = "download finished but the files are still missing"
+            except Exception as e:  # offline, checksum mismatch, server down: all mean "no files"
+                cause = _brief(e)
+            finally:  # also on Ctrl-C
                 shutil.rmtree(staging, ignore_errors=True)
+        finally:
             _remove_empty(created)
         return _all_or_error(dataset, split, wanted, _first_existing(wanted), root, cause)
 
@@ -136,20 +142,98 @@ def _all_or_error(
     raise missing_files_error(dataset, split, [_alternatives(alts) for alts in absent], cause, layout)
 
 
+_STAGING = ".jadekit-download-"
+
+
+@contextmanager
+def _download_lock(dataset: str, split: str, root: Path) -> Iterator[None]:
+    """Hold this user's download lock for `root` on this machine, saying so when another process holds it."""
+    path = _lock_path(root)
+    lock = FileLock(path)
+    try:
+        try:
+            lock.acquire(timeout=0)
+        except Timeout:
+            print(f"waiting for another jadekit process that is downloading into {root} (lock file {path})",
+                  file=sys.stderr, flush=True)
+            lock.acquire()
+    except OSError as e:
+        raise DataError(
+            f"{dataset} {split} split: cannot take the download lock {path}: {_brief(e)}",
+            hint=f"delete {path} if no jadekit download is running, or set TMPDIR to a folder you can write",
+        ) from None
+    try:
+        yield
+    finally:
+        lock.release()
+
+
 def _lock_path(root: Path) -> Path:
-    """One lock per data root and machine, in the temp folder: the data root may be read-only or shared."""
+    """One lock per user, data root and machine, in the temp folder: the data root may be shared."""
     key = hashlib.sha256(str(root.resolve()).encode()).hexdigest()[:16]
-    return Path(tempfile.gettempdir()) / f"jadekit-download-{key}.lock"
+    user = f"{os.getuid()}-" if hasattr(os, "getuid") else ""
+    return Path(tempfile.gettempdir()) / f"jadekit-download-{user}{key}.lock"
 
 
-def _move_new_files(staging: Path, root: Path) -> None:
+def _new_staging(dataset: str, split: str, root: Path) -> Path:
+    """A fresh staging folder in `root` (created if absent), after removing the ones killed downloads left."""
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        _remove_stale_staging(root)
+        return Path(tempfile.mkdtemp(prefix=f"{_STAGING}{socket.gethostname()}-{os.getpid()}-", dir=root))
+    except OSError as e:
+        raise DataError(
+            f"{dataset} {split} split: cannot download into the data root {root}: {_brief(e)}",
+            hint=f"make {root} writable, put the files there yourself, or point jadekit at another data root ({_ROOT_WAYS})",
+        ) from None
+
+
+def _remove_stale_staging(root: Path) -> None:
+    """Delete the staging folders of this machine's downloads whose process is gone (killed, not interrupted)."""
+    if os.name != "posix":  # os.kill(pid, 0) is a liveness check only on POSIX
+        return
+    for folder in root.glob(f"{_STAGING}*"):
+        host, _, pid = folder.name[len(_STAGING) :].rpartition("-")[0].rpartition("-")  # <host>-<pid>-<random>
+        if host == socket.gethostname() and pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # another user's process
+        return True
+    return True
+
+
+def _move_new_files(staging: Path, root: Path, wanted: Sequence[tuple[Path, ...]]) -> None:
     """Move every file the download wrote into its place under `root`, keeping the files already there."""
+    forms = {p: alts for alts in wanted for p in alts}
     for path in sorted(p for p in staging.rglob("*") if p.is_file()):
         target = root / path.relative_to(staging)
-        if target.exists() or target.is_symlink():  # the user's file (or link to a shared store) stays
-            continue
+        if any(p.exists() or p.is_symlink() for p in forms.get(target, (target,))):
+            continue  # the user's file (in this form or another, or a link to a shared store) stays
         target.parent.mkdir(parents=True, exist_ok=True)
-        os.replace(path, target)  # atomic: readers see no file or the whole file
+        _place(path, target)
+
+
+def _place(path: Path, target: Path) -> None:
+    """Move `path` to `target` in one atomic step: readers see no file or the whole file."""
+    try:
+        os.replace(path, target)
+    except OSError as e:
+        if e.errno != errno.EXDEV:
+            raise
+        fd, part = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)  # the target's folder is on
+        os.close(fd)  # another disk (a linked folder): copy beside the target, then rename there
+        try:
+            shutil.copyfile(path, part)
+            os.replace(part, target)
+        except BaseException:
+            Path(part).unlink(missing_ok=True)
+            raise
 
 
 def _absent_folders(folder: Path) -> list[Path]:
@@ -175,11 +259,11 @@ def _first_existing(wanted: Sequence[tuple[Path, ...]]) -> list[Path | None]:
 
 def _alternatives(paths: tuple[Path, ...]) -> str:
     others = [p.name if p.parent == paths[0].parent else str(p) for p in paths[1:]]
-    broken = [p for p in paths if p.is_symlink()]  # absent, yet a link: it points at nothing
+    broken = [p for p in paths if p.is_symlink()]  # absent, yet a link: to nothing, or to no file
     return (
         str(paths[0])
         + "".join(f" (or {o})" for o in others)
-        + "".join(f" ({p.name} is a link to {os.readlink(p)}, which does not exist)" for p in broken)
+        + "".join(f" ({p.name} is a link to {p.parent / os.readlink(p)}, which is missing or not a file)" for p in broken)
     )
 
 
