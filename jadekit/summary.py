@@ -47,7 +47,7 @@ def summarize(finals: Iterable[dict]) -> list[dict]:
     for method in sorted(by_method, key=method_order):
         runs = by_method[method]
         aux = [r["auxiliary_test_error"] for r in runs if r.get("auxiliary_test_error") is not None]
-        balanced = [100.0 * (1.0 - r["primary_test_balanced_accuracy"]) for r in runs
+        balanced = [100.0 - 100.0 * r["primary_test_balanced_accuracy"] for r in runs
                     if r.get("primary_test_balanced_accuracy") is not None]  # jadekit < 0.4 did not record it
         rows.append({
             "method": method,
@@ -86,6 +86,11 @@ def seed_differences(finals: Iterable[dict]) -> list[dict]:
 UNDEFINED = "–"  # a standard deviation of one value
 
 
+def _balanced(row: dict) -> dict:
+    """A row's primary balanced error; none in rows written before jadekit 0.4."""
+    return row.get("primary_test_balanced_error") or mean_std([])
+
+
 def fmt(stat: dict) -> str:
     """`29.08 ± 0.92`, `29.08 ± –` for one value (no std), or `-` when there is nothing to show."""
     if stat["mean"] is None:
@@ -94,8 +99,9 @@ def fmt(stat: dict) -> str:
 
 
 def to_markdown(rows: list[dict], title: str, differences: list[dict] | None = None) -> str:
-    """Table 1 (a balanced-error column when any run recorded one) and, if given, the per-seed differences."""
-    balanced = any(r.get("primary_test_balanced_error", {}).get("n") for r in rows)
+    """Table 1 (a balanced-error column when any run recorded one, with its n where that is fewer runs) and, if
+    given, the per-seed differences."""
+    balanced = any(_balanced(r)["n"] for r in rows)
     lines = [
         f"# {title}: test error (%)",
         "",
@@ -104,7 +110,8 @@ def to_markdown(rows: list[dict], title: str, differences: list[dict] | None = N
     ]
     for r in rows:
         cells = [r["method"], fmt(r["primary_test_error"])]
-        cells += [fmt(r["primary_test_balanced_error"])] if balanced else []
+        b = _balanced(r)
+        cells += [fmt(b) + (f" (n = {b['n']})" if 0 < b["n"] != r["primary_test_error"]["n"] else "")] if balanced else []
         cells += [fmt(r["auxiliary_test_error"]), str(r["primary_test_error"]["n"])]
         lines.append("| " + " | ".join(cells) + " |")
     if differences:
@@ -129,20 +136,20 @@ def summary_markdown(finals: Iterable[dict], title: str) -> str:
 
 
 CSV_COLUMNS = ("method", "primary_error_mean", "primary_error_std", "auxiliary_error_mean", "auxiliary_error_std", "n",
-               "primary_balanced_error_mean", "primary_balanced_error_std")
+               "primary_balanced_error_mean", "primary_balanced_error_std", "primary_balanced_error_n")
 DIFFERENCE_COLUMNS = ("method", "minus", "n", "primary_error_mean", "primary_error_std", "primary_error_se",
                       "seeds_won", "seeds_tied")
 
 
 def to_csv(rows: list[dict]) -> str:
-    """One row per method: its test errors' mean, std and n (seeds), then the primary balanced error's mean and std;
-    undefined values (a std of one seed, no auxiliary or balanced error) are empty cells."""
+    """One row per method: its test errors' mean, std and n (seeds), then the primary balanced error's mean, std and
+    n (runs that recorded it); undefined values (a std of one seed, no auxiliary or balanced error) are empty cells."""
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
     w.writerow(CSV_COLUMNS)
     for r in rows:
-        p, a, b = r["primary_test_error"], r["auxiliary_test_error"], r["primary_test_balanced_error"]
-        w.writerow([r["method"], p["mean"], p["std"], a["mean"], a["std"], p["n"], b["mean"], b["std"]])
+        p, a, b = r["primary_test_error"], r["auxiliary_test_error"], _balanced(r)
+        w.writerow([r["method"], p["mean"], p["std"], a["mean"], a["std"], p["n"], b["mean"], b["std"], b["n"]])
     return buf.getvalue()
 
 

@@ -7,10 +7,7 @@ import errno
 import gzip
 import os
 import re
-import socket
 import struct
-import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -20,6 +17,7 @@ import numpy as np
 import pytest
 import scipy.io
 import torch
+from filelock import FileLock
 
 from jadekit.data import files
 from jadekit.data.base import DIGITS, DatasetAdapter, NoParams
@@ -282,6 +280,12 @@ def test_svhn_truncated_mat_names_file(tmp_path):
 
 # --- missing files and downloads -------------------------------------------------------------
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 @pytest.fixture(autouse=True)
 def _download_locks_in_a_test_folder(tmp_path_factory, monkeypatch):
     """Download lock files go to the temp folder: keep this module's out of the machine's."""
@@ -500,11 +504,12 @@ def test_a_download_adds_missing_files_and_keeps_the_ones_there(tmp_path, users_
     raw = tmp_path / "MNIST" / "raw"
     raw.mkdir(parents=True)
     (raw / users_form).write_bytes(b"the user's")
+    (raw / "t10k-labels-idx1-ubyte.gz").write_bytes(b"the user's")  # the other split, as the user keeps it
     wanted = [(raw / n, raw / f"{n}.gz") for n in ("train-images-idx3-ubyte", "train-labels-idx1-ubyte")]
 
     def fetch(into: Path) -> None:  # torchvision fetches every file of both splits, .gz and extracted
         (into / "MNIST" / "raw").mkdir(parents=True)
-        for n in ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte"):
+        for n in ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"):
             (into / "MNIST" / "raw" / n).write_bytes(b"downloaded")
             (into / "MNIST" / "raw" / f"{n}.gz").write_bytes(b"downloaded")
 
@@ -514,6 +519,7 @@ def test_a_download_adds_missing_files_and_keeps_the_ones_there(tmp_path, users_
     assert not (raw / "train-images-idx3-ubyte").exists() or users_form == "train-images-idx3-ubyte"
     assert (raw / "train-labels-idx1-ubyte").read_bytes() == b"downloaded"
     assert (raw / "t10k-images-idx3-ubyte").exists()  # the other split came with it: no second download
+    assert not (raw / "t10k-labels-idx1-ubyte").exists()  # ... but its .gz stays the form that split reads
     assert sorted(p.name for p in tmp_path.iterdir()) == ["MNIST"]
 
 
@@ -562,25 +568,44 @@ def test_a_folder_on_another_disk_gets_its_files_copied_then_renamed(tmp_path, m
     found = require_files("USPS", "train", [(tmp_path / "USPS" / "usps.bz2",)], True, fetch, tmp_path)
     assert found[0].read_bytes() == b"data"
     assert [p.name for p in tmp_path.rglob("*")] == ["USPS", "usps.bz2"]  # no staging folder, no temp file
+    assert found[0].stat().st_mode & 0o777 == 0o666 & ~_umask()  # as the downloaded file: readable by the others
 
 
 def test_a_killed_download_leaves_a_staging_folder_that_the_next_one_removes(tmp_path):
-    gone = subprocess.Popen([sys.executable, "-c", "pass"])
-    gone.wait()  # a process that no longer exists, as a download killed with SIGKILL
-    host = socket.gethostname()
-    stale = tmp_path / f"{files._STAGING}{host}-{gone.pid}-abc123"
-    alive = tmp_path / f"{files._STAGING}{host}-{os.getppid()}-def456"  # a download still running
-    other = tmp_path / f"{files._STAGING}another-host-{gone.pid}-ghi789"  # another machine's: not ours to judge
-    for folder in (stale, alive, other):
+    """A download killed outright (SIGKILL) cannot clean up; its staging folder's owner lock died with it."""
+    folders = {name: tmp_path / f"{files._STAGING}{name}" for name in ("killed", "running", "just-made")}
+    for folder in folders.values():
         (folder / "USPS").mkdir(parents=True)
         (folder / "USPS" / "usps.bz2").write_bytes(b"part")
+    hour_ago = time.time() - 3600
+    for name in ("killed", "running"):
+        os.utime(folders[name], (hour_ago, hour_ago))
 
     def fetch(into: Path) -> None:
         (into / "USPS").mkdir()
         (into / "USPS" / "usps.bz2").write_bytes(b"data")
 
-    require_files("USPS", "train", [(tmp_path / "USPS" / "usps.bz2",)], True, fetch, tmp_path)
-    assert not stale.exists() and alive.exists() and other.exists()
+    with FileLock(folders["running"] / files._OWNER):  # a download still running, in another process
+        require_files("USPS", "train", [(tmp_path / "USPS" / "usps.bz2",)], True, fetch, tmp_path)
+    assert not folders["killed"].exists() and folders["running"].exists() and folders["just-made"].exists()
+    assert (tmp_path / "USPS" / "usps.bz2").read_bytes() == b"data"
+
+
+def test_a_file_that_cannot_be_put_in_place_is_one_clear_error(tmp_path, monkeypatch):
+    def read_only(src, dst):
+        raise PermissionError(13, "Permission denied", str(dst))
+
+    monkeypatch.setattr(files.os, "replace", read_only)
+
+    def fetch(into: Path) -> None:
+        (into / "USPS").mkdir()
+        (into / "USPS" / "usps.bz2").write_bytes(b"data")
+
+    target = tmp_path / "USPS" / "usps.bz2"
+    with pytest.raises(DataError, match=f"USPS train split: downloaded, but cannot write {target}: .*Permission") as err:
+        require_files("USPS", "train", [(target,)], True, fetch, tmp_path)
+    assert f"make {target.parent} writable" in err.value.hint and "internet" not in err.value.hint
+    assert [p.name for p in tmp_path.iterdir()] == ["USPS"]  # no staging folder left
 
 
 def test_a_link_at_the_target_is_never_replaced_by_a_download(tmp_path):

@@ -74,6 +74,9 @@ def test_eval_output_dir_aggregates_table_1(trained):
     row = f"| jade | auxiliary | {jade[1]['balanced_accuracy']:.2f} ± – | {jade[1]['macro_f1']:.2f} ± – |"
     assert jade[1]["domain"] == "auxiliary" and row in others, others
     assert others.index("| single | primary |") < others.index("| jade | primary |")
+    balanced = next(r for r in out["rows"] if r["method"] == "jade")["primary_test_balanced_error"]
+    assert balanced["n"] == 1 and balanced["mean"] == pytest.approx(100 - 100 * jade[0]["balanced_accuracy"])
+    assert f"| jade | {jade[0]['error']:.2f} ± – | {balanced['mean']:.2f} ± – |" in out["markdown"]
 
 
 def test_other_dataset_needs_explicit_resize(trained, bar_data_root):

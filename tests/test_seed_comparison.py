@@ -118,13 +118,16 @@ def test_the_balanced_error_is_shown_when_runs_recorded_it(tmp_path):
     """Imbalanced test sets (a rare diagnosis) need the error where every class counts the same, next to the error."""
     finals = [{**final("jade", s, e), "primary_test_balanced_accuracy": b} for s, e, b in [(0, 4.0, 0.9), (1, 6.0, 0.8)]]
     finals.append(final("single", 0, 5.0))  # recorded by jadekit 0.3: no balanced accuracy
+    finals += [{**final("paired", 0, 5.0), "primary_test_balanced_accuracy": 0.75}, final("paired", 1, 7.0)]
     write_summary(tmp_path, finals, "imbalanced")
     md = (tmp_path / "summary.md").read_text()
     assert "| method | primary test error | primary balanced error | auxiliary test error | n |" in md
     assert "| jade | 5.00 ± 1.41 | 15.00 ± 7.07 | - | 2 |" in md and "| single | 5.00 ± – | - | - | 1 |" in md
+    assert "| paired | 6.00 ± 1.41 | 25.00 ± – (n = 1) | - | 2 |" in md  # a mean over fewer runs says so
     table = {r["method"]: r for r in csv.DictReader((tmp_path / "summary.csv").open())}
-    assert math.isclose(float(table["jade"]["primary_balanced_error_mean"]), 15.0)
-    assert table["single"]["primary_balanced_error_mean"] == ""
+    assert table["jade"]["primary_balanced_error_mean"] == "15.0" and table["jade"]["primary_balanced_error_n"] == "2"
+    assert table["paired"]["primary_balanced_error_n"] == "1" and table["paired"]["n"] == "2"
+    assert table["single"]["primary_balanced_error_mean"] == "" and table["single"]["primary_balanced_error_n"] == "0"
     rows = {r["method"]: r for r in json.loads((tmp_path / "summary.json").read_text())["rows"]}
     assert rows["single"]["primary_test_balanced_error"] == {"mean": None, "std": None, "n": 0}
     assert "balanced" not in to_markdown(summarize([final("jade", 0, 4.0)]), "old runs")

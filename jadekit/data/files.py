@@ -8,9 +8,9 @@ import gzip
 import hashlib
 import os
 import shutil
-import socket
 import sys
 import tempfile
+import time
 import zlib
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -81,12 +81,12 @@ def require_files(
             means failure.
         root: the data root.
 
-    The download goes to a staging folder in the data root (`.jadekit-download-<host>-<pid>-*`), and only a
-    finished download's files are moved into place, one atomic rename each (a copy, then a rename, into a folder
-    on another disk): the data root never holds a partial file, and a file already there, in any of its forms, is
-    kept. A failed or interrupted download removes its staging folder; one killed outright leaves it, and the next
-    download on that machine removes it. A user's runs on one machine that need the same files download them once:
-    the others wait (and say so on stderr), then read them.
+    The download goes to a staging folder in the data root (`.jadekit-download-*`), and only a finished
+    download's files are moved into place, one atomic rename each (a copy, then a rename, into a folder on another
+    disk): the data root never holds a partial file, and a file already there, in any of its forms (raw or `.gz`),
+    is kept. A failed or interrupted download removes its staging folder; one killed outright leaves it, and a later
+    download into that root removes it (its owner's lock is free). A user's runs on one machine that need the same
+    files download them once: the others wait (and say so on stderr), then read them.
 
     Raises:
         DataError: files are missing and `download` is false or the download failed; the data root cannot be
@@ -103,11 +103,14 @@ def require_files(
         try:
             staging = _new_staging(dataset, split, root)
             try:
-                fetch(staging)
-                _move_new_files(staging, root, wanted)
-                cause = "download finished but the files are still missing"
-            except Exception as e:  # offline, checksum mismatch, server down: all mean "no files"
-                cause = _brief(e)
+                with FileLock(staging / _OWNER):  # held while the folder is in use: see _remove_abandoned_staging
+                    try:
+                        fetch(staging)
+                    except Exception as e:  # offline, checksum mismatch, server down: all mean "no files"
+                        cause = _brief(e)
+                    else:
+                        _move_new_files(dataset, split, staging, root, wanted)
+                        cause = "download finished but the files are still missing"
             finally:  # also on Ctrl-C
                 shutil.rmtree(staging, ignore_errors=True)
         finally:
@@ -179,8 +182,8 @@ def _new_staging(dataset: str, split: str, root: Path) -> Path:
     """A fresh staging folder in `root` (created if absent), after removing the ones killed downloads left."""
     try:
         root.mkdir(parents=True, exist_ok=True)
-        _remove_stale_staging(root)
-        return Path(tempfile.mkdtemp(prefix=f"{_STAGING}{socket.gethostname()}-{os.getpid()}-", dir=root))
+        _remove_abandoned_staging(root)
+        return Path(tempfile.mkdtemp(prefix=_STAGING, dir=root))
     except OSError as e:
         raise DataError(
             f"{dataset} {split} split: cannot download into the data root {root}: {_brief(e)}",
@@ -188,35 +191,38 @@ def _new_staging(dataset: str, split: str, root: Path) -> Path:
         ) from None
 
 
-def _remove_stale_staging(root: Path) -> None:
-    """Delete the staging folders of this machine's downloads whose process is gone (killed, not interrupted)."""
-    if os.name != "posix":  # os.kill(pid, 0) is a liveness check only on POSIX
-        return
+_OWNER = ".owner.lock"  # in a staging folder: locked by the download using it (the lock dies with its process)
+
+
+def _remove_abandoned_staging(root: Path) -> None:
+    """Delete staging folders whose owner lock is free: their download was killed (any process, any user)."""
     for folder in root.glob(f"{_STAGING}*"):
-        host, _, pid = folder.name[len(_STAGING) :].rpartition("-")[0].rpartition("-")  # <host>-<pid>-<random>
-        if host == socket.gethostname() and pid.isdigit() and not _alive(int(pid)):
-            shutil.rmtree(folder, ignore_errors=True)
+        try:
+            if time.time() - folder.stat().st_mtime < 60:
+                continue  # just created: its download may not hold its lock yet
+            with FileLock(folder / _OWNER, timeout=0):
+                shutil.rmtree(folder)
+        except OSError:  # held (Timeout is an OSError), another user's, or already gone: not ours to remove
+            continue
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except OSError:  # another user's process
-        return True
-    return True
-
-
-def _move_new_files(staging: Path, root: Path, wanted: Sequence[tuple[Path, ...]]) -> None:
+def _move_new_files(dataset: str, split: str, staging: Path, root: Path, wanted: Sequence[tuple[Path, ...]]) -> None:
     """Move every file the download wrote into its place under `root`, keeping the files already there."""
     forms = {p: alts for alts in wanted for p in alts}
-    for path in sorted(p for p in staging.rglob("*") if p.is_file()):
+    for path in sorted(p for p in staging.rglob("*") if p.is_file() and p.name != _OWNER):
         target = root / path.relative_to(staging)
-        if any(p.exists() or p.is_symlink() for p in forms.get(target, (target,))):
+        compressed_twin = target.with_suffix("") if target.suffix == ".gz" else target.with_name(f"{target.name}.gz")
+        if any(p.exists() or p.is_symlink() for p in (*forms.get(target, (target,)), compressed_twin)):
             continue  # the user's file (in this form or another, or a link to a shared store) stays
-        target.parent.mkdir(parents=True, exist_ok=True)
-        _place(path, target)
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            _place(path, target)
+        except OSError as e:
+            raise DataError(
+                f"{dataset} {split} split: downloaded, but cannot write {target}: {_brief(e)}",
+                hint=f"make {target.parent} writable, put the files there yourself, or point jadekit at another data "
+                     f"root ({_ROOT_WAYS})",
+            ) from None
 
 
 def _place(path: Path, target: Path) -> None:
@@ -230,6 +236,7 @@ def _place(path: Path, target: Path) -> None:
         os.close(fd)  # another disk (a linked folder): copy beside the target, then rename there
         try:
             shutil.copyfile(path, part)
+            shutil.copymode(path, part)  # mkstemp's 0600 would hide the file from the other users of a shared store
             os.replace(part, target)
         except BaseException:
             Path(part).unlink(missing_ok=True)
