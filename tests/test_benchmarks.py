@@ -1,4 +1,5 @@
-"""`benchmarks/throughput.py` still runs against the engine it times (on the real data; skipped without it)."""
+"""The benchmarks behind docs/results.md still run against the engine (on the real data; skipped without it):
+`throughput.py` and the protocol script whose commands the results record."""
 
 from __future__ import annotations
 
@@ -28,3 +29,26 @@ def test_throughput_benchmark_runs_and_reports_every_ratio(tmp_path):
         assert timing["jadekit"] > 0 and timing["reference"] > 0 and timing["ratio"] > 0
         assert 0 < timing["share_of_conv_peak"] < 1  # of the best window: never above the peak
     assert report["eval"]["ratio"] > 0 and report["conv_peak_gflops"] > 0
+
+
+@pytest.mark.parametrize("split_methods", ["0", "1"])
+def test_protocol_script_trains_every_seed_and_method_and_writes_each_budget_summary(tmp_path, split_methods):
+    """`benchmarks/usps_mnist_protocol.sh`, shortened through its `--` arguments: one process per (budget, seed),
+    or per (budget, seed, method) with SPLIT_METHODS=1 (the GPU command), then one summary per budget."""
+    if not (SHARED_DATA / "MNIST").is_dir() or not (SHARED_DATA / "USPS").is_dir():
+        pytest.skip(f"real data not found under {SHARED_DATA}")
+    env = {**os.environ, "JADEKIT_DATA": str(SHARED_DATA), "SEEDS": "0 1", "SPLIT_METHODS": split_methods,
+           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}  # its `jadekit`
+    short = ["--set", "train.steps=4", "--set", "train.eval_every=2", "--set", "train.batch_size=8",
+             "--set", "auxiliary.limit=300"]
+    result = subprocess.run(["bash", str(ROOT / "benchmarks" / "usps_mnist_protocol.sh"), str(tmp_path), "10", "--", *short],
+                            cwd=ROOT, capture_output=True, text=True, env=env, timeout=600)
+    assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
+    jobs = [f"seed={s}{f' {m}' if split_methods == '1' else ''} exit 0"
+            for s in (0, 1) for m in (("jade", "paired", "single") if split_methods == "1" else ("",))]
+    assert all(f"labels_per_class=10 {job}" in result.stdout for job in jobs), result.stdout
+    assert "wall time: " in result.stdout
+    summary = json.loads((tmp_path / "usps_mnist_10" / "summary.json").read_text())
+    assert [(r["method"], r["seeds"]) for r in summary["rows"]] == [(m, [0, 1]) for m in ("single", "paired", "jade")]
+    final = json.loads((tmp_path / "usps_mnist_10" / "jade" / "seed-1" / "final.json").read_text())
+    assert final["steps"] == 4
