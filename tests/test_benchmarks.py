@@ -52,3 +52,20 @@ def test_protocol_script_trains_every_seed_and_method_and_writes_each_budget_sum
     assert [(r["method"], r["seeds"]) for r in summary["rows"]] == [(m, [0, 1]) for m in ("single", "paired", "jade")]
     final = json.loads((tmp_path / "usps_mnist_10" / "jade" / "seed-1" / "final.json").read_text())
     assert final["steps"] == 4
+    if split_methods == "1":
+        return
+    # the other two recorded commands, on these runs: the label-budget figure and the tuning view
+    figure = tmp_path / "curve.png"
+    curve = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "label_curve.py"), str(tmp_path / "usps_mnist_10"),
+                            "--out", str(figure)], capture_output=True, text=True, timeout=300)
+    assert curve.returncode == 0, curve.stderr[-2000:]
+    assert figure.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    scores = tmp_path / "heldout.json"
+    heldout = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "heldout_train_error.py"),
+                              str(tmp_path / "usps_mnist_10"), "--json", str(scores)],
+                             capture_output=True, text=True, env=env, timeout=300)
+    assert heldout.returncode == 0, heldout.stderr[-2000:]
+    rows = json.loads(scores.read_text())
+    assert sorted((r["method"], r["seed"]) for r in rows) == sorted((m, s) for m in ("single", "paired", "jade") for s in (0, 1))
+    assert all(0 <= r["primary_last"] <= 100 for r in rows)
+    assert all("auxiliary_kept" in r for r in rows if r["method"] != "single")
