@@ -101,18 +101,7 @@ def require_files(
             return found  # type: ignore[return-value]
         created = _absent_folders(root)
         try:
-            staging = _new_staging(dataset, split, root)
-            try:
-                with FileLock(staging / _OWNER):  # held while the folder is in use: see _remove_abandoned_staging
-                    try:
-                        fetch(staging)
-                    except Exception as e:  # offline, checksum mismatch, server down: all mean "no files"
-                        cause = _brief(e)
-                    else:
-                        _move_new_files(dataset, split, staging, root, wanted)
-                        cause = "download finished but the files are still missing"
-            finally:  # also on Ctrl-C
-                shutil.rmtree(staging, ignore_errors=True)
+            cause = _download(dataset, split, root, fetch, wanted)
         finally:
             _remove_empty(created)
         return _all_or_error(dataset, split, wanted, _first_existing(wanted), root, cause)
@@ -176,6 +165,24 @@ def _lock_path(root: Path) -> Path:
     key = hashlib.sha256(str(root.resolve()).encode()).hexdigest()[:16]
     user = f"{os.getuid()}-" if hasattr(os, "getuid") else ""
     return Path(tempfile.gettempdir()) / f"jadekit-download-{user}{key}.lock"
+
+
+def _download(
+    dataset: str, split: str, root: Path, fetch: Callable[[Path], object], wanted: Sequence[tuple[Path, ...]]
+) -> str:
+    """Fetch into a fresh staging folder, move what it brought into place and remove the folder; return what to
+    say if the files are still missing."""
+    staging = _new_staging(dataset, split, root)
+    try:
+        with FileLock(staging / _OWNER):  # held while the folder is in use: see _remove_abandoned_staging
+            try:
+                fetch(staging)
+            except Exception as e:  # offline, checksum mismatch, server down: all mean "no files"
+                return _brief(e)
+            _move_new_files(dataset, split, staging, root, wanted)
+            return "download finished but the files are still missing"
+    finally:  # also on Ctrl-C
+        shutil.rmtree(staging, ignore_errors=True)
 
 
 def _new_staging(dataset: str, split: str, root: Path) -> Path:
