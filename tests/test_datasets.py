@@ -457,6 +457,12 @@ def test_existing_files_are_not_downloaded(tmp_path, monkeypatch):
     assert USPS().load(tmp_path, "test", P, download=True).labels.tolist() == [1]
 
 
+def fetch_usps(into: Path) -> None:
+    """A download that succeeds: USPS's train file, laid out as under the data root."""
+    (into / "USPS").mkdir()
+    (into / "USPS" / "usps.bz2").write_bytes(b"data")
+
+
 def test_parallel_runs_download_once_and_never_see_a_partial_file(tmp_path, capsys):
     """A user's runs started together on one machine (the protocol script, `--jobs`) share one download: while it
     runs the data root holds no partial file, the runs that wait say so, and they read what it moved into place."""
@@ -561,11 +567,7 @@ def test_a_folder_on_another_disk_gets_its_files_copied_then_renamed(tmp_path, m
 
     monkeypatch.setattr(files.os, "replace", cross_device)
 
-    def fetch(into: Path) -> None:
-        (into / "USPS").mkdir()
-        (into / "USPS" / "usps.bz2").write_bytes(b"data")
-
-    found = require_files("USPS", "train", [(tmp_path / "USPS" / "usps.bz2",)], True, fetch, tmp_path)
+    found = require_files("USPS", "train", [(tmp_path / "USPS" / "usps.bz2",)], True, fetch_usps, tmp_path)
     assert found[0].read_bytes() == b"data"
     assert [p.name for p in tmp_path.rglob("*")] == ["USPS", "usps.bz2"]  # no staging folder, no temp file
     assert found[0].stat().st_mode & 0o777 == 0o666 & ~_umask()  # as the downloaded file: readable by the others
@@ -581,12 +583,8 @@ def test_a_killed_download_leaves_a_staging_folder_that_the_next_one_removes(tmp
     for name in ("killed", "running"):
         os.utime(folders[name], (hour_ago, hour_ago))
 
-    def fetch(into: Path) -> None:
-        (into / "USPS").mkdir()
-        (into / "USPS" / "usps.bz2").write_bytes(b"data")
-
     with FileLock(folders["running"] / files._OWNER):  # a download still running, in another process
-        require_files("USPS", "train", [(tmp_path / "USPS" / "usps.bz2",)], True, fetch, tmp_path)
+        require_files("USPS", "train", [(tmp_path / "USPS" / "usps.bz2",)], True, fetch_usps, tmp_path)
     assert not folders["killed"].exists() and folders["running"].exists() and folders["just-made"].exists()
     assert (tmp_path / "USPS" / "usps.bz2").read_bytes() == b"data"
 
@@ -597,13 +595,9 @@ def test_a_file_that_cannot_be_put_in_place_is_one_clear_error(tmp_path, monkeyp
 
     monkeypatch.setattr(files.os, "replace", read_only)
 
-    def fetch(into: Path) -> None:
-        (into / "USPS").mkdir()
-        (into / "USPS" / "usps.bz2").write_bytes(b"data")
-
     target = tmp_path / "USPS" / "usps.bz2"
     with pytest.raises(DataError, match=f"USPS train split: downloaded, but cannot write {target}: .*Permission") as err:
-        require_files("USPS", "train", [(target,)], True, fetch, tmp_path)
+        require_files("USPS", "train", [(target,)], True, fetch_usps, tmp_path)
     assert f"make {target.parent} writable" in err.value.hint and "internet" not in err.value.hint
     assert [p.name for p in tmp_path.iterdir()] == ["USPS"]  # no staging folder left
 
@@ -613,12 +607,8 @@ def test_a_link_at_the_target_is_never_replaced_by_a_download(tmp_path):
     link = tmp_path / "USPS" / "usps.bz2"
     link.symlink_to(Path("..") / "share" / "usps.bz2")  # a shared store that is not mounted now
 
-    def fetch(into: Path) -> None:
-        (into / "USPS").mkdir()
-        (into / "USPS" / "usps.bz2").write_bytes(b"data")
-
     with pytest.raises(DataError, match="download finished but the files are still missing") as err:
-        require_files("USPS", "train", [(link,)], True, fetch, tmp_path)
+        require_files("USPS", "train", [(link,)], True, fetch_usps, tmp_path)
     assert link.is_symlink() and not link.exists()
     assert f"usps.bz2 is a link to {tmp_path / 'USPS' / '..' / 'share' / 'usps.bz2'}, which is missing or not a file" in str(err.value)
 
