@@ -59,11 +59,9 @@ def run_dir_for(output_dir: Path, method: str, seed: int) -> Path:
 def pick_device(requested: str, setting: str = "train.device") -> torch.device:
     """auto → CUDA, else MPS, else CPU; an explicit device must exist. Errors name `setting` (the recipe key, or a
     CLI option such as `--device`) and say how to set it instead."""
-    option = setting.startswith("--")
-    choose = f"use {setting} auto (CUDA, else MPS, else CPU) or {setting} cpu." if option else \
-        f'set {setting} = "auto" (CUDA, else MPS, else CPU) or "cpu".'
+    choose = _device_hint(setting, "auto", "(CUDA, else MPS, else CPU)", "cpu")
     if not is_device_name(requested):
-        names = DEVICE_NAMES.replace("use ", f"use {setting} " if option else f"set {setting} to ", 1)
+        names = DEVICE_NAMES.replace("use ", f"use {setting} " if setting.startswith("--") else f"set {setting} to ", 1)
         raise JadekitError(f"{setting} {requested!r}: unknown device", hint=f"{names}.")
     if requested == "auto":
         if torch.cuda.is_available():
@@ -75,11 +73,17 @@ def pick_device(requested: str, setting: str = "train.device") -> torch.device:
         raise JadekitError(f"{setting} {requested!r}: CUDA is not available on this machine", hint=choose)
     if requested.startswith("cuda:") and int(requested[5:]) >= (n := torch.cuda.device_count()):
         raise JadekitError(f"{setting} {requested!r}: this machine has {n} CUDA device(s), cuda:0 to cuda:{n - 1}",
-                           hint=f"use {setting} cuda (the first) or {setting} cuda:N with N below {n}." if option else
-                           f'set {setting} = "cuda" (the first) or "cuda:N" with N below {n}.')
+                           hint=_device_hint(setting, "cuda", "(the first)", "cuda:N", f" with N below {n}"))
     if requested == "mps" and not torch.backends.mps.is_available():
         raise JadekitError(f"{setting} {requested!r}: MPS is not available on this machine", hint=choose)
     return torch.device(requested)
+
+
+def _device_hint(setting: str, first: str, note: str, second: str, tail: str = "") -> str:
+    """'use --device X (note) or --device Y…' for a CLI option, 'set key = "X" (note) or "Y"…' for a recipe key."""
+    if setting.startswith("--"):
+        return f"use {setting} {first} {note} or {setting} {second}{tail}."
+    return f'set {setting} = "{first}" {note} or "{second}"{tail}.'
 
 
 _WHICH_RUNS = ("methods", "seeds", "output_dir")  # experiment keys: which runs, and where they are written

@@ -288,6 +288,10 @@ CASES: list[Case] = [
     ("cuda-unavailable", lambda c: (c.edit('device = "cpu"', 'device = "cuda"'),
                                     c.monkeypatch.setattr(torch.cuda, "is_available", lambda: False)),
      "CUDA is not available", 2),
+    ("cuda-index-too-high", lambda c: (c.edit('device = "cpu"', 'device = "cuda:2"'),
+                                       c.monkeypatch.setattr(torch.cuda, "is_available", lambda: True),
+                                       c.monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)),
+     'this machine has 2 CUDA device(s), cuda:0 to cuda:1\nfix: set train.device = "cuda" (the first) or "cuda:N" with N below 2.', 2),
     # output directory
     ("output-from-other-recipe", _foreign_marker, "holds runs of a different recipe", 2),
     ("output-is-a-file", lambda c: c.edit(f'output_dir = "{c.out.as_posix()}"', f'output_dir = "{c.recipe.as_posix()}"'),
