@@ -150,16 +150,11 @@ def run(
         "with device cuda they spread over the visible GPUs).")] = 1,
 ) -> None:
     """Train every method x seed of a recipe and write run directories and the summary."""
+    from jadekit.parallel import STOP_SIGNALS, StopOnSignal
     from jadekit.runner import RunEvents, run_recipe
     from jadekit.summary import summary_markdown
 
-    stop = {"requested": False}
-
-    def on_signal(signum, frame) -> None:
-        if stop["requested"] and signum == signal.SIGINT:
-            raise KeyboardInterrupt
-        stop["requested"] = True
-        err.print("[yellow]stopping after this step (Ctrl-C again to abort without a checkpoint)…[/]")
+    stop = StopOnSignal(lambda: err.print("[yellow]stopping after this step (Ctrl-C again to abort without a checkpoint)…[/]"))
 
     def on_resume(method: str, seed: int, step: int, notes: list[str]) -> None:
         for note in notes:
@@ -170,8 +165,7 @@ def run(
                TimeElapsedColumn(), TimeRemainingColumn())
     with user_errors(RUN_ABORTED):
         resolved = _load(recipe, set_)
-        handled = (signal.SIGINT, signal.SIGTERM)
-        previous = {s: signal.signal(s, on_signal) for s in handled}
+        previous = {s: signal.signal(s, stop) for s in STOP_SIGNALS}
         progress = Progress(*columns, console=err, transient=False)
 
         def bars(method: str, seed: int, steps: int) -> list[ProgressBar]:
@@ -190,7 +184,7 @@ def run(
         )
         try:
             finals = run_recipe(resolved, resume=resume, force=force, events=events,
-                                stop_requested=lambda: stop["requested"], jobs=jobs)
+                                stop_requested=lambda: stop.requested, jobs=jobs)
         finally:
             if progress.live.is_started:
                 progress.stop()

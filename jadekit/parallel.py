@@ -36,6 +36,21 @@ STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM}
 _worker: dict[str, Any] = {}  # the state of this process when it is a worker (set by _start_worker)
 
 
+class StopOnSignal:
+    """Handler for `STOP_SIGNALS`, in the CLI and in each worker: the first signal sets `requested` (the run
+    checkpoints and stops after its current step); a second Ctrl-C aborts at once with KeyboardInterrupt."""
+
+    def __init__(self, on_first: Callable[[], None] = lambda: None) -> None:
+        self.requested = False
+        self._on_first = on_first
+
+    def __call__(self, signum: int, frame: object) -> None:
+        if self.requested and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.requested = True
+        self._on_first()
+
+
 def worker_devices(device: torch.device, jobs: int) -> list[str]:
     """One device name per worker: a plain `cuda` spreads the workers over every visible GPU."""
     if device.type == "cuda" and device.index is None and torch.cuda.device_count() > 1:
@@ -175,11 +190,7 @@ def _start_worker(recipe: Recipe, slots, devices: list[str], threads: int, stop,
     from jadekit.build import resolve
     from jadekit.runner import DataCache
 
-    def on_signal(signum, frame) -> None:  # like the CLI: the first Ctrl-C stops cleanly, a second aborts
-        if _worker.get("signalled") and signum == signal.SIGINT:
-            raise KeyboardInterrupt
-        _worker["signalled"] = True
-
+    _worker["signalled"] = on_signal = StopOnSignal()
     for s in STOP_SIGNALS:
         signal.signal(s, on_signal)
     if hasattr(signal, "pthread_sigmask"):
@@ -207,7 +218,7 @@ def _train(method: Method, seed: int) -> dict:
     messages, recipe = w["messages"], w["resolved"].recipe
 
     def stop_requested() -> bool:
-        return w["stop"].is_set() or w.get("signalled", False)
+        return w["stop"].is_set() or w["signalled"].requested
 
     if stop_requested():
         raise Interrupted(f"{method} seed {seed}: not started")
