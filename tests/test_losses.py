@@ -112,6 +112,15 @@ def test_pairwise_class_kl_without_shared_classes_is_zero():
     assert got.item() == 0.0
 
 
+def test_pairwise_class_kl_ignores_an_overflowing_cross_class_pair():
+    # the class-1 auxiliary posterior is so narrow and far that its KL from the class-0 primary overflows float32
+    mu_p, lv_p, y_p = torch.tensor([[0.0]]), torch.tensor([[0.0]]), torch.tensor([0])
+    mu_a, lv_a, y_a = torch.tensor([[0.5], [1e25]]), torch.tensor([[0.0], [-30.0]]), torch.tensor([0, 1])
+    assert torch.isinf(losses.kl_gaussians(mu_p, lv_p, mu_a[1:], lv_a[1:])).all()
+    got = losses.pairwise_class_kl(mu_p, lv_p, y_p, mu_a, lv_a, y_a)
+    assert got.item() == pytest.approx(kl_1d(0, 1, 0.5, 1), rel=1e-6)
+
+
 def test_class_moments_match_hand_mixture_moments():
     mu = t(0.0, 2.0, 5.0)[:, None]
     logvar = t(0.0, math.log(4.0), math.log(9.0))[:, None]
@@ -186,6 +195,18 @@ def test_jade_total_is_the_weighted_sum_of_its_logged_terms(match, likelihood):
     mu_a, lv_a = model.posterior(b.x_aux, "auxiliary")
     km = losses.content_match(match, mu[:, :2], logvar[:, :2], b.y, mu_a[:, :2], lv_a[:, :2], b.y_aux)
     assert terms["kl_match"].item() == pytest.approx(km.item(), rel=1e-12)
+
+
+def test_posterior_is_float32_under_bf16_autocast():
+    """The GPU recipe's bf16 autocast runs the encoders in bf16; the KL terms see an fp32 posterior."""
+    torch.manual_seed(0)
+    model = Jade(_encoder(8), _encoder(8), _decoder(4), _decoder(4), Classifier(2, [5], 3, 0.0), content_dim=2).train()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert model.primary_encoder(_batch().x).dtype == torch.bfloat16
+        mu, logvar = model.posterior(_batch().x, "primary")
+        terms = model.loss_terms(_batch(), W)
+    assert mu.dtype == logvar.dtype == torch.float32
+    assert terms["kl_primary"].dtype == terms["kl_match"].dtype == torch.float32
 
 
 @pytest.mark.parametrize("side", ["both", "primary"])

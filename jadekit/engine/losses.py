@@ -41,8 +41,9 @@ def pairwise_class_kl(
 ) -> torch.Tensor:
     """Mean of KL(q(c|x_i) || q(c|y_j)) over every same-class pair (i primary, j auxiliary)."""
     kl = kl_gaussians(mu_p[:, None], logvar_p[:, None], mu_a[None], logvar_a[None])  # (P, A)
-    same = (y_p[:, None] == y_a[None]).to(kl.dtype)
-    return (kl * same).sum() / same.sum().clamp_min(1.0)
+    same = y_p[:, None] == y_a[None]
+    # where, not kl * same: an overflowing cross-class pair (inf * 0 = NaN) must not reach the loss
+    return torch.where(same, kl, 0.0).sum() / same.sum().clamp_min(1)
 
 
 def class_moments(mu: torch.Tensor, logvar: torch.Tensor, y: torch.Tensor, n_classes: int):

@@ -135,7 +135,8 @@ class Jade(nn.Module):
     def posterior(self, x: torch.Tensor, domain: Domain) -> tuple[torch.Tensor, torch.Tensor]:
         """Mean and log-variance of q(z | x) for a domain."""
         encoder = self.primary_encoder if domain == "primary" else self.auxiliary_encoder
-        mu, logvar = encoder(x).chunk(2, dim=1)
+        h = encoder(x)  # bf16 under autocast: the KL terms are computed in (at least) fp32, for its range
+        mu, logvar = h.to(torch.promote_types(h.dtype, torch.float32)).chunk(2, dim=1)
         return mu, logvar.clamp(-30.0, 20.0)  # keeps exp() finite early in training
 
     def logits(self, x: torch.Tensor, domain: Domain = "primary") -> torch.Tensor:
