@@ -298,6 +298,10 @@ def test_data_with_patients_is_also_scored_one_prediction_per_patient(trained, b
     assert table.index("| single |") < table.index("| paired |") < table.index("| jade |")  # Table 1's order
     shown = runner.invoke(app, ["eval", run, "--dataset", "patients", "--root", str(bar_data_root), "--device", "cpu"])
     assert f"per group ({group['n_groups']}): error (%)" in shown.output
+    per_group_matrix = shown.output.split(f"confusion matrix per group ({group['n_groups']} groups")[1]
+    counts = [int(v) for line in per_group_matrix.splitlines() for v in line.replace("│", " ").split()[1:-1]
+              if v.isdigit() and line.strip().startswith("│")]  # each row's cells between the class name and "acc"
+    assert sum(counts) == group["n_groups"]
     lines = runner.invoke(app, ["eval", str(runs), "--dataset", "patients", "--root", str(bar_data_root),
                                 "--device", "cpu"]).output
     jade_line = " ".join(lines.split("jade seed 0 patients (primary): ")[1].split("weights of step")[0].split())

@@ -42,11 +42,18 @@ def _print_result(r: dict, title: str) -> None:
     elif group:
         t.add_row(f"per group ({group['n_groups']})", f"undefined: {group['undefined']}")
     out.print(t)
+    out.print(_confusion_table(r, "confusion matrix (rows: true class)"))
+    if group and "confusion_matrix" in group:  # patients, say: what a clinician counts
+        out.print(_confusion_table({**group, "class_names": r["class_names"]},
+                                   f"confusion matrix per group ({group['n_groups']} groups, one prediction each)"))
+
+
+def _confusion_table(r: dict, title: str) -> Table:
     names = r["class_names"]
-    cm = Table("true \\ pred", *names, "acc", title="confusion matrix (rows: true class)")
+    cm = Table("true \\ pred", *names, "acc", title=title)
     for name, row in zip(names, r["confusion_matrix"], strict=True):
         cm.add_row(name, *(str(v) for v in row), _num(r["per_class_accuracy"][name], 3))
-    out.print(cm)
+    return cm
 
 
 def _warn(message: str) -> None:
