@@ -6,7 +6,7 @@ import json
 import os
 import tomllib
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     BaseModel,
@@ -29,11 +29,12 @@ METHODS: tuple[Method, ...] = ("single", "paired", "jade")
 class Strict(BaseModel):
     """Base of every recipe table: unknown keys are errors, values are immutable, types are not converted.
 
-    Strict: `true`, `"30"` or `8.0` for an int and `"1e-3"` for a float are errors; an int is still a valid float.
-    Fields read from TOML strings or lists (paths, `resize`) opt out with `Field(strict=False)`; their items stay strict.
+    Strict: `true`, `"30"` or `8.0` for an int and `"1e-3"` for a float are errors; an int is still a valid float,
+    `inf` and `nan` are not. Fields read from TOML strings or lists (paths, `resize`) opt out with `Field(strict=False)`;
+    their items stay strict.
     """
 
-    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True, allow_inf_nan=False)
 
 
 class ExperimentConfig(Strict):
@@ -41,8 +42,15 @@ class ExperimentConfig(Strict):
 
     name: str = Field(min_length=1, description="Experiment name, used in reports.")
     methods: list[Method] = Field(min_length=1, description="Methods to run: single, paired, jade.")
-    seeds: list[NonNegativeInt] = Field(min_length=1, description="One run per method and seed.")
+    seeds: list[Annotated[int, Field(ge=0, lt=2**64)]] = Field(min_length=1, description="One run per method and seed.")
     output_dir: Path = Field(Path("runs"), strict=False, description="Run directories go under this folder.")
+
+    @field_validator("output_dir", mode="before")
+    @classmethod
+    def _named(cls, v: object) -> object:
+        if isinstance(v, str) and not v.strip():  # Path("") would silently be the current directory
+            raise ValueError('empty: name a folder (use "." for the current directory)')
+        return v
 
     @field_validator("methods", "seeds")
     @classmethod
@@ -325,10 +333,13 @@ def apply_overrides(data: dict[str, Any], overrides: list[str], option: str = "-
 def read_toml(path: Path) -> dict[str, Any]:
     """Read a TOML file, turning I/O and syntax errors into a RecipeError."""
     try:
-        text = Path(path).read_text(encoding="utf-8")
+        text = Path(path).read_text(encoding="utf-8-sig")  # a byte-order mark, as some Windows editors write, is fine
     except FileNotFoundError:
         raise RecipeError([f"{path}: no such recipe file"]) from None
-    except (OSError, UnicodeDecodeError) as e:
+    except UnicodeDecodeError as e:
+        raise RecipeError([f"{path}: not UTF-8 text (byte {e.start}): a TOML recipe must be UTF-8"],
+                          hint="save the recipe as UTF-8 in your editor (e.g. not UTF-16).") from None
+    except OSError as e:
         raise RecipeError([f"{path}: cannot read recipe ({e})"]) from None
     try:
         return tomllib.loads(text)

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import re
 import shutil
 import time
 from collections.abc import Callable, Sequence
@@ -15,7 +17,7 @@ import torch
 from pydantic import ValidationError
 
 from jadekit.build import DOMAINS, Resolved, parameter_counts
-from jadekit.config import DEVICE_NAMES, Method, Recipe, changed_keys, is_device_name, recipe_to_dict
+from jadekit.config import DEVICE_NAMES, METHODS, Method, Recipe, changed_keys, is_device_name, recipe_to_dict
 from jadekit.data.base import ImageSet
 from jadekit.data.prepare import DomainData, fingerprint, load_split, prepare_domain
 from jadekit.engine.evaluate import classification_metrics, predict_logits
@@ -306,6 +308,10 @@ def check_output_dir(recipe: Recipe, resume: bool, force: bool, claim: bool = Tr
                           hint="pick another experiment.output_dir.")
     if marker.exists():
         existing = _read_marker(marker)
+        if not existing and not (resume or force):
+            raise RunDirError(f"{marker} is damaged (not a JSON object), so the recipe its runs belong to is unknown",
+                              hint="pass --resume to continue its runs with this recipe (each run's checkpoint is still "
+                                   "checked against it), --force to discard them, or pick another experiment.output_dir.")
         if existing.get("recipe_fingerprint") != fp and not (resume or force):
             recorded = existing.get("recipe")
             if not isinstance(recorded, dict):
@@ -329,12 +335,27 @@ def check_output_dir(recipe: Recipe, resume: bool, force: bool, claim: bool = Tr
         return
     try:
         if force:
-            for method in ("single", "paired", "jade"):
-                shutil.rmtree(out / method, ignore_errors=True)
+            _discard_runs(out)
         atomic_write_json(marker, {"recipe_fingerprint": fp, "experiment": recipe.experiment.name,
                                    "recipe": _identity(recipe)})
     except OSError as e:
         raise RunDirError(f"cannot write to output directory {out}: {e.strerror}", hint="choose a writable output_dir.") from None
+
+
+def _discard_runs(out: Path) -> None:
+    """`--force`: delete the run directories under `out` (`<method>/seed-<n>` holding a run's files), nothing else:
+    a folder of the user's that happens to be called `jade` (with `output_dir = "."`, say) is left alone."""
+    run_files = (CHECKPOINT, METRICS, FINAL, "recipe.toml", "indices.json")
+    for method in METHODS:
+        folder = out / method
+        if folder.is_symlink() or not folder.is_dir():
+            continue
+        for run in folder.iterdir():
+            if (re.fullmatch(r"seed-\d+", run.name) and run.is_dir() and not run.is_symlink()
+                    and any((run / f).exists() for f in run_files)):
+                shutil.rmtree(run)
+        with contextlib.suppress(OSError):
+            folder.rmdir()  # only when nothing else is in it
 
 
 def _is_marker_in_flight(path: Path, marker: Path) -> bool:

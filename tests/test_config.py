@@ -234,6 +234,24 @@ def test_invalid_values_name_their_key(item, key):
     assert any(p.startswith(f"{key}:") for p in problems(e)), problems(e)
 
 
+@pytest.mark.parametrize("item", ["train.lr=inf", "train.lr=nan", "loss.kl_prior=inf", "train.weight_decay=inf",
+                                  "primary.val_share=nan", "model.dropout=nan", "train.augment_scale=nan"])
+def test_numbers_must_be_finite(item):
+    """inf or nan would pass `check` (or fail with a misleading bound) and only show up as a diverged run."""
+    with pytest.raises(RecipeError) as e:
+        load_recipe(SMOKE, [item])
+    assert problems(e) == [f"{item.split('=')[0]}: Input should be a finite number"]
+
+
+def test_seeds_and_output_dir_that_cannot_run_are_recipe_errors():
+    assert load_recipe(SMOKE, ["experiment.seeds=[18446744073709551615]"]).experiment.seeds == [2**64 - 1]  # torch's limit
+    with pytest.raises(RecipeError, match="experiment.seeds.0: Input should be less than 18446744073709551616"):
+        load_recipe(SMOKE, ["experiment.seeds=[18446744073709551616]"])
+    for empty in ('""', '"  "'):
+        with pytest.raises(RecipeError, match=r'experiment.output_dir: Value error, empty: name a folder \(use "\." for'):
+            load_recipe(SMOKE, [f"experiment.output_dir={empty}"])
+
+
 def test_defaults():
     r = recipe_from_dict({"experiment": {"name": "x", "methods": ["jade"], "seeds": [0]},
                           "primary": {"dataset": "usps"}, "auxiliary": {"dataset": "mnist"},
@@ -259,6 +277,14 @@ def test_missing_and_malformed_files(tmp_path):
     bad.write_text("[train\nsteps = 3\n")
     with pytest.raises(RecipeError, match="malformed TOML"):
         read_toml(bad)
+    bom = tmp_path / "bom.toml"
+    bom.write_bytes(b"\xef\xbb\xbf" + SMOKE.read_bytes())  # as some Windows editors save UTF-8
+    assert read_toml(bom) == read_toml(SMOKE)
+    utf16 = tmp_path / "utf16.toml"
+    utf16.write_text(SMOKE.read_text(), encoding="utf-16")
+    with pytest.raises(RecipeError, match="not UTF-8 text") as e:
+        read_toml(utf16)
+    assert e.value.hint == "save the recipe as UTF-8 in your editor (e.g. not UTF-16)."
 
 
 # --- jadekit check ---------------------------------------------------------------------------

@@ -185,6 +185,40 @@ def test_foreign_output_dir_needs_force_or_resume(tmp_path, write_recipe):
     assert train_steps(out / "jade" / "seed-0") == list(range(1, 9))
 
 
+def test_force_discards_run_directories_only(tmp_path, write_recipe):
+    """--force into a folder that is not (only) jadekit's deletes old runs, not a user's folder named like a method."""
+    recipe = write_recipe(tmp_path, steps=6)
+    work = tmp_path / "work"
+    (work / "jade" / "seed-3").mkdir(parents=True)
+    (work / "jade" / "__init__.py").write_text("x = 1")  # a Python package called jade
+    (work / "jade" / "seed-3" / "notes.txt").write_text("mine")
+    (work / "paired" / "seed-7").mkdir(parents=True)
+    (work / "paired" / "seed-7" / "final.json").write_text('{"steps": 6}')  # an old run
+    with contextlib.chdir(tmp_path):
+        empty = run_cli(["run", str(recipe), "--set", 'experiment.output_dir=""', "--force"])
+        refused = run_cli(["run", str(recipe), "--set", f'experiment.output_dir="{work.as_posix()}"'])
+        forced = run_cli(["run", str(recipe), "--set", f'experiment.output_dir="{work.as_posix()}"', "--force"])
+    assert empty.exit_code == 2 and "experiment.output_dir: Value error, empty: name a folder" in empty.output
+    assert refused.exit_code == 2 and "is not a jadekit output directory" in refused.output
+    assert forced.exit_code == 0, forced.output
+    assert (work / "jade" / "__init__.py").read_text() == "x = 1" and (work / "jade" / "seed-3" / "notes.txt").exists()
+    assert not (work / "paired").exists() and (work / "jade" / "seed-0" / "final.json").exists()
+
+
+@pytest.mark.parametrize("content", ["", "{", "[1, 2]"])
+def test_a_damaged_output_marker_is_named_and_resume_continues(tmp_path, write_recipe, content):
+    recipe = write_recipe(tmp_path, steps=6)
+    with contextlib.chdir(tmp_path):
+        assert run_cli(["run", str(recipe)]).exit_code == 0
+        (tmp_path / "out" / "jadekit-output.json").write_text(content)
+        refused = run_cli(["run", str(recipe)])
+        resumed = run_cli(["run", str(recipe), "--resume"])
+    said = " ".join(refused.output.split())
+    assert refused.exit_code == 2 and "jadekit-output.json is damaged (not a JSON object)" in said
+    assert "fix: pass --resume to continue its runs with this recipe" in said
+    assert resumed.exit_code == 0 and "finished earlier, skipped" in resumed.output
+
+
 def test_an_option_added_since_the_runs_is_no_change_at_its_default(tmp_path, write_recipe):
     """An output directory written before `train.primary_sampling` existed (its marker lacks the key) is this
     recipe's as long as the option stays at its default: a rerun skips the finished runs; a real change is named."""
