@@ -103,11 +103,12 @@ def describe(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """Parameter count of each module of each method of a recipe."""
-    from jadekit.build import build_model, parameter_counts
+    from jadekit.build import parameter_counts
+    from jadekit.trainer import build_checked_model
 
     with user_errors():
         resolved = _load(recipe, set_)
-        counts = {m: parameter_counts(build_model(m, resolved)) for m in resolved.recipe.experiment.methods}
+        counts = {m: parameter_counts(build_checked_model(m, resolved)) for m in resolved.recipe.experiment.methods}
     if as_json:
         print(json.dumps(counts, indent=2))
         return

@@ -196,6 +196,10 @@ def build_checked_model(method: Method, resolved: Resolved) -> torch.nn.Module:
     except JadekitError:
         raise
     except Exception as e:  # a backbone bug must not surface as a traceback
+        if isinstance(e, MemoryError | torch.OutOfMemoryError) or "can't allocate memory" in str(e):
+            raise JadekitError(f"the '{method}' model is too large for this machine's memory: {first_line(e, 200)}",
+                               hint="lower model.classifier_hidden or model.latent_dim, or the backbones' params "
+                                    "(`jadekit describe` prints each module's parameter count).") from None
         raise PluginError(f"building the '{method}' model failed in {names}: {type(e).__name__}: {e}",
                           hint="check model.*_backbone params, or fix the backbone plugin.") from None
     # nn.Module keeps non-module attributes in __dict__: a backbone that returned e.g. None or a tensor lands there.

@@ -316,6 +316,15 @@ def test_check_lists_every_plugin_problem_with_key_paths(tmp_path, monkeypatch):
     assert "Traceback" not in res.output
 
 
+@pytest.mark.parametrize("command", ["check", "describe"])
+def test_a_model_too_large_to_allocate_is_named(tmp_path, command):
+    path = write_recipe(tmp_path, model={"classifier_hidden": [100_000_000, 100_000_000]})  # a 4e16-byte matrix
+    res = runner.invoke(app(), [command, str(path)])
+    said = " ".join(res.stderr.split())
+    assert res.exit_code == 2 and "model is too large for this machine's memory" in said, res.output
+    assert "fix: lower model.classifier_hidden or model.latent_dim" in said and "Traceback" not in res.output
+
+
 def test_check_lists_every_structure_problem(tmp_path):
     path = write_recipe(tmp_path, train={"steps": "many", "stepz": 3}, model={"dropout": 2})
     res = runner.invoke(app(), ["check", str(path)])
