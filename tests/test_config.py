@@ -318,7 +318,7 @@ def test_check_lists_every_plugin_problem_with_key_paths(tmp_path, monkeypatch):
 
 @pytest.mark.parametrize("command", ["check", "describe"])
 def test_a_model_too_large_to_allocate_is_named(tmp_path, command):
-    path = write_recipe(tmp_path, model={"classifier_hidden": [100_000_000, 100_000_000]})  # a 4e16-byte matrix
+    path = write_recipe(tmp_path, model={"classifier_hidden": [10**12]})  # a 4e13-byte first layer: refused at once
     res = runner.invoke(app(), [command, str(path)])
     said = " ".join(res.stderr.split())
     assert res.exit_code == 2 and "model is too large for this machine's memory" in said, res.output
