@@ -404,8 +404,10 @@ def run_recipe(
         final = _finished(run_dir / FINAL, recipe.train.steps)
         if final is not None:
             finals[(method, seed)] = final
-        elif check_checkpoint(method, resolved, run_dir):  # one that cannot be resumed fails here, not mid-study
-            _check_same_draw(run_dir, {d: cache.domain(d, seed).indices for d in DOMAINS})
+        else:
+            data = {d: cache.domain(d, seed) for d in DOMAINS}
+            if check_checkpoint(method, resolved, run_dir, data, seed):  # one that cannot resume fails here, not mid-study
+                _check_same_draw(run_dir, {d: data[d].indices for d in DOMAINS})
     check_output_dir(recipe, resume, force)
     for (method, seed), final in finals.items():
         events.on_skip(method, seed, final)

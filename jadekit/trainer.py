@@ -273,18 +273,19 @@ def _mismatch(run_dir: Path, e: Exception) -> RunDirError:
                        hint="run with --force to discard it and start again, or restore the recipe it was trained with.")
 
 
-def check_checkpoint(method: Method, resolved: Resolved, run_dir: Path) -> bool:
+def check_checkpoint(method: Method, resolved: Resolved, run_dir: Path, data: dict[str, DomainData], seed: int) -> bool:
     """Raise RunDirError unless `run_dir`'s checkpoint (if any) can be resumed by this recipe; True if there is one.
 
-    Checks what can be checked without the data: the model's weights load, and the run is not past
-    `train.steps`. The runner calls this for every unfinished run before it changes the output directory.
+    Loads it into a fresh trainer on the CPU (model, optimizer, schedule, sampler, loop state, RNGs) and checks the run
+    is not past `train.steps`. The runner calls this for every unfinished run before it changes the output directory,
+    so a checkpoint this recipe cannot resume is refused with nothing written.
     """
     if not has_checkpoint(run_dir):
         return False
     ckpt, _ = load_checkpoint(run_dir / CHECKPOINT)
     try:
         step, steps = ckpt["loop"]["step"], resolved.recipe.train.steps
-        build_checked_model(method, resolved).load_state_dict(ckpt["model"])
+        make_trainer(method, resolved, data, seed, torch.device("cpu")).load_state_dict(ckpt)
     except _MISMATCH as e:
         raise _mismatch(run_dir, e) from None
     if step > steps:

@@ -273,6 +273,18 @@ def test_a_refused_run_changes_nothing_in_the_output_dir(tmp_path, write_recipe)
     assert again.exit_code == 0 and "finished earlier, skipped" in again.output
 
 
+def test_resume_may_switch_the_auxiliary_sampler(tmp_path, write_recipe):
+    """A class-matched run's checkpoint has no shuffled-order state: --resume starts a shuffled order from there
+    (it failed with KeyError 'aux_perm', after the output directory had been claimed for the new recipe)."""
+    recipe = write_recipe(tmp_path, steps=6)
+    with contextlib.chdir(tmp_path):
+        assert run_cli(["run", str(recipe)]).exit_code == 0
+        switched = run_cli(["run", str(recipe), "--resume", "--set", "train.steps=8",
+                            "--set", 'train.auxiliary_sampling="shuffled"'])
+    assert switched.exit_code == 0 and "resuming at step 6" in switched.output, switched.output
+    assert train_steps(tmp_path / RUN_DIR) == list(range(1, 9))
+
+
 def test_seeds_started_together_can_claim_one_new_output_dir(tmp_path, write_recipe):
     recipe = load_recipe(write_recipe(tmp_path, steps=6))
     with contextlib.chdir(tmp_path):

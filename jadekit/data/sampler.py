@@ -128,6 +128,6 @@ class PairedBatchSampler:
         self.generator.set_state(state["generator"])
         self.perm = state["perm"].clone()
         self.pos = int(state["pos"])
-        if self.aux_perm is not None:
+        if self.aux_perm is not None and "aux_perm" in state:  # absent: a class-matched run resumed as shuffled
             self.aux_perm = state["aux_perm"].clone()
             self.aux_pos = int(state["aux_pos"])
