@@ -177,7 +177,9 @@ def run(
         events = RunEvents(
             callbacks_for=bars,
             on_resume=on_resume,
-            on_skip=lambda m, s, f: progress.console.print(f"{m} seed {s}: finished earlier, skipped"),
+            on_skip=lambda m, s, f, notes: progress.console.print(
+                f"{m} seed {s}: finished earlier, skipped" + "".join(f"\n[yellow]warning:[/] {escape(n)}" for n in notes),
+                highlight=False),
             on_done=lambda m, s, f: progress.console.print(
                 f"{m} seed {s}: primary test error {f['primary_test_error']:.2f}%"
                 + (f", auxiliary {f['auxiliary_test_error']:.2f}%" if f["auxiliary_test_error"] is not None else "")

@@ -8,6 +8,7 @@ import json
 import re
 import shutil
 import time
+import tomllib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -369,7 +370,7 @@ class RunEvents:
 
     callbacks_for: Callable[[Method, int, int], Sequence[Callback]] = lambda method, seed, steps: ()
     on_resume: Callable[[Method, int, int, list[str]], None] = lambda method, seed, step, notes: None
-    on_skip: Callable[[Method, int, dict], None] = lambda method, seed, final: None
+    on_skip: Callable[[Method, int, dict, list[str]], None] = lambda method, seed, final, notes: None
     on_done: Callable[[Method, int, dict], None] = lambda method, seed, final: None
 
 
@@ -399,18 +400,23 @@ def run_recipe(
     preflight(resolved, cache)
     runs = [(method, seed) for method in recipe.experiment.methods for seed in recipe.experiment.seeds]
     finals: dict[tuple[Method, int], dict] = {}
+    skip_notes: dict[tuple[Method, int], list[str]] = {}
     for method, seed in runs if not force else ():  # --force discards every run when it claims the directory
         run_dir = run_dir_for(recipe.experiment.output_dir, method, seed)
         final = _finished(run_dir / FINAL, recipe.train.steps)
         if final is not None:
             finals[(method, seed)] = final
+            changes = _trained_otherwise(run_dir, recipe) if resume else None
+            skip_notes[(method, seed)] = [] if changes is None else [
+                f"it was trained with another recipe ({changes}): kept as trained (its recipe.toml says how) and "
+                "counted in the summary; --force retrains every run with this recipe"]
         else:
             data = {d: cache.domain(d, seed) for d in DOMAINS}
             if check_checkpoint(method, resolved, run_dir, data, seed):  # one that cannot resume fails here, not mid-study
                 _check_same_draw(run_dir, {d: data[d].indices for d in DOMAINS})
     check_output_dir(recipe, resume, force)
     for (method, seed), final in finals.items():
-        events.on_skip(method, seed, final)
+        events.on_skip(method, seed, final, skip_notes[(method, seed)])
     pending = [run for run in runs if run not in finals]
     if jobs > 1 and len(pending) > 1:
         from jadekit.parallel import train_in_workers
@@ -427,6 +433,17 @@ def run_recipe(
     ordered = [finals[run] for run in runs]
     write_summary(Path(recipe.experiment.output_dir), ordered, recipe.experiment.name)
     return ordered
+
+
+def _trained_otherwise(run_dir: Path, recipe: Recipe) -> str | None:
+    """What a finished run's own recipe.toml differs in from `recipe` ('train.lr 0.001 -> 0.01'), or None when it
+    is the same run (or its recipe.toml cannot be read: an older or damaged run directory)."""
+    try:
+        trained = Recipe.model_validate(tomllib.loads((run_dir / "recipe.toml").read_text(encoding="utf-8")))
+    except (OSError, ValueError):  # TOMLDecodeError, pydantic's ValidationError and UnicodeDecodeError are ValueErrors
+        return None
+    old, new = _identity(trained), _identity(Recipe.model_validate(run_recipe_dict(recipe)))  # data roots as recorded
+    return None if old == new else recipe_changes(old, new)
 
 
 def _finished(path: Path, steps: int) -> dict | None:

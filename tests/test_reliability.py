@@ -285,6 +285,21 @@ def test_resume_may_switch_the_auxiliary_sampler(tmp_path, write_recipe):
     assert train_steps(tmp_path / RUN_DIR) == list(range(1, 9))
 
 
+def test_resume_with_another_recipe_names_the_finished_runs_it_keeps(tmp_path, write_recipe):
+    """--resume continues unfinished runs with a changed recipe; a run that already finished is not retrained, and
+    the user is told it was trained with the old recipe (it used to be skipped as if it were this recipe's)."""
+    recipe = write_recipe(tmp_path, steps=6)
+    with contextlib.chdir(tmp_path):
+        assert run_cli(["run", str(recipe)]).exit_code == 0
+        same = run_cli(["run", str(recipe), "--resume"])
+        changed = run_cli(["run", str(recipe), "--resume", "--set", "train.lr=0.01"])
+    assert same.exit_code == 0 and "finished earlier, skipped" in same.output and "warning" not in same.output
+    said = " ".join(changed.output.split())
+    assert changed.exit_code == 0 and "jade seed 0: finished earlier, skipped" in said, changed.output
+    assert "warning: it was trained with another recipe (train.lr 0.001 -> 0.01): kept as trained" in said
+    assert "--force retrains every run with this recipe" in said
+
+
 def test_seeds_started_together_can_claim_one_new_output_dir(tmp_path, write_recipe):
     recipe = load_recipe(write_recipe(tmp_path, steps=6))
     with contextlib.chdir(tmp_path):
