@@ -169,6 +169,22 @@ def evaluate_split(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, dom
     return classification_metrics(predict_logits(model, x, domain), y)
 
 
+def _check_same_data(run_dir: Path, files: dict[str, dict]) -> None:
+    """A resumed run must read the data files it started on: a file at the same path with another SHA-256 than its
+    provenance.json records is refused (files it no longer reads, or a moved data root, are not compared)."""
+    try:
+        recorded = json.loads((run_dir / "provenance.json").read_text())["data_files"]
+        before = {f: v["sha256"] for f, v in recorded.items()}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return  # an older (provenance written at the end) or damaged run directory: nothing to compare with
+    changed = sorted(Path(f).name for f in before.keys() & files.keys() if before[f] != files[f]["sha256"])
+    if changed:
+        shown = ", ".join(changed[:3]) + (f" and {len(changed) - 3} more" if len(changed) > 3 else "")
+        raise RunDirError(f"{run_dir} started training on other contents of {shown} than the data root holds now "
+                          "(SHA-256 differs from its provenance.json)",
+                          hint="restore the files it was trained on, or run with --force to start again on these.")
+
+
 def _check_same_draw(run_dir: Path, drawn: dict) -> None:
     """A resumed run must train on the labelled subset it started with (indices.json), not a new draw."""
     try:
@@ -214,6 +230,16 @@ def train_one(
     else:
         notes += apply_optimizer_settings(trainer, t.lr, t.weight_decay)
         on_resume(trainer.state.step, notes)
+    provenance = {
+        "recipe_fingerprint": recipe_fingerprint(recipe),
+        "seed": seed,
+        "method": method,
+        "device": str(device),
+        "threads": torch.get_num_threads(),  # float sums, hence the last bits of the weights, depend on it on CPU
+        "versions": versions(resolved),
+        "data_files": cache.fingerprints(),
+    }
+    atomic_write_json(run_dir / "provenance.json", provenance)  # from the start: a resume checks the data against it
 
     p, a = data["primary"], data["auxiliary"]
 
@@ -272,15 +298,6 @@ def train_one(
         "parameters": parameter_counts(trainer.model),
         "resume_notes": notes,
     }
-    atomic_write_json(run_dir / "provenance.json", {
-        "recipe_fingerprint": recipe_fingerprint(recipe),
-        "seed": seed,
-        "method": method,
-        "device": str(device),
-        "threads": torch.get_num_threads(),  # float sums, hence the last bits of the weights, depend on it on CPU
-        "versions": versions(resolved),
-        "data_files": cache.fingerprints(),
-    })
     atomic_write_json(run_dir / FINAL, final)
     return final
 
@@ -414,6 +431,7 @@ def run_recipe(
             data = {d: cache.domain(d, seed) for d in DOMAINS}
             if check_checkpoint(method, resolved, run_dir, data, seed):  # one that cannot resume fails here, not mid-study
                 _check_same_draw(run_dir, {d: data[d].indices for d in DOMAINS})
+                _check_same_data(run_dir, cache.fingerprints())
     check_output_dir(recipe, resume, force)
     for (method, seed), final in finals.items():
         events.on_skip(method, seed, final, skip_notes[(method, seed)])

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import contextlib
+import gzip
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -298,6 +300,28 @@ def test_resume_with_another_recipe_names_the_finished_runs_it_keeps(tmp_path, w
     assert changed.exit_code == 0 and "jade seed 0: finished earlier, skipped" in said, changed.output
     assert "warning: it was trained with another recipe (train.lr 0.001 -> 0.01): kept as trained" in said
     assert "--force retrains every run with this recipe" in said
+
+
+def test_resume_refuses_data_files_changed_since_the_run_started(tmp_path, write_tiny_recipe, data_root):
+    """Same labels (so the same draw), one pixel changed: the run's provenance.json, written when it started, names
+    the file; nothing in the output directory changes."""
+    data = tmp_path / "data"
+    shutil.copytree(data_root, data)
+    recipe = write_tiny_recipe(tmp_path / "recipe.toml", "out", data, experiment={"methods": ["jade"]},
+                               model={"classifier_hidden": [32]}, train={"steps": 6, "batch_size": 16, "eval_every": 3})
+    with contextlib.chdir(tmp_path):
+        assert run_cli(["run", str(recipe)]).exit_code == 0
+        images = data / "MNIST" / "raw" / "t10k-images-idx3-ubyte.gz"
+        raw = gzip.decompress(images.read_bytes())
+        images.write_bytes(gzip.compress(raw[:-1] + bytes([(raw[-1] + 1) % 256])))
+        out = tmp_path / "out"
+        before = {p: p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()}
+        refused = run_cli(["run", str(recipe), "--resume", "--set", "train.steps=8"])
+        after = {p: p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()}
+    said = " ".join(refused.output.split())
+    assert refused.exit_code == 2 and "started training on other contents of t10k-images-idx3-ubyte.gz" in said, said
+    assert "fix: restore the files it was trained on, or run with --force" in said
+    assert after == before
 
 
 def test_seeds_started_together_can_claim_one_new_output_dir(tmp_path, write_recipe):
