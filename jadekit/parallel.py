@@ -10,14 +10,16 @@ A run trains exactly as it would alone with the same device and thread count.
 from __future__ import annotations
 
 import multiprocessing
+import os
 import pickle
 import queue
 import signal
+import threading
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from contextlib import contextmanager
-from time import monotonic
+from time import monotonic, sleep
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -196,8 +198,9 @@ def _start_worker(recipe: Recipe, slots, devices: list[str], threads: int, stop,
     if hasattr(signal, "pthread_sigmask"):
         signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
     messages.cancel_join_thread()  # exit even if a killed sibling left the queue's lock taken
+    threading.Thread(target=_exit_with_parent, args=(on_signal,), daemon=True).start()
     torch.set_num_threads(threads)
-    _worker.update(stop=stop, messages=messages)
+    _worker.update(stop=stop, messages=messages, training=False)
     try:
         _worker["device"] = device = torch.device(devices[slots.get()])
         if device.type == "cuda":
@@ -206,6 +209,19 @@ def _start_worker(recipe: Recipe, slots, devices: list[str], threads: int, stop,
         _worker["cache"] = DataCache(resolved)
     except Exception as e:  # noqa: BLE001 - reported by the first run this worker takes, not as a broken pool
         _worker["error"] = e
+
+
+def _exit_with_parent(on_signal: StopOnSignal) -> None:
+    """Wait for the parent to die (SIGKILL, say: it could not tell the workers to stop); then stop this worker's run at
+    its next step, with a checkpoint, and exit. Without this an orphan trains on beside the rerun the user starts."""
+    parent = multiprocessing.parent_process()
+    if parent is None:
+        return
+    parent.join()
+    on_signal.requested = True
+    while _worker.get("training"):
+        sleep(0.2)
+    os._exit(130)
 
 
 def _train(method: Method, seed: int) -> dict:
@@ -220,7 +236,9 @@ def _train(method: Method, seed: int) -> dict:
     def stop_requested() -> bool:
         return w["stop"].is_set() or w["signalled"].requested
 
+    w["training"] = True  # before the stop check: `_exit_with_parent` then never exits mid-run
     if stop_requested():
+        w["training"] = False
         raise Interrupted(f"{method} seed {seed}: not started")
     try:
         return train_one(
@@ -234,3 +252,5 @@ def _train(method: Method, seed: int) -> dict:
         except Exception:  # noqa: BLE001
             raise RuntimeError(f"{type(e).__name__}: {e}") from None
         raise
+    finally:
+        w["training"] = False

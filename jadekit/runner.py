@@ -9,12 +9,13 @@ import re
 import shutil
 import time
 import tomllib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import tomli_w
 import torch
+from filelock import FileLock, Timeout
 from pydantic import ValidationError
 
 from jadekit.build import DOMAINS, Resolved, parameter_counts
@@ -53,6 +54,7 @@ from jadekit.trainer import (
 )
 
 FINAL = "final.json"
+TRAINING_LOCK = ".training.lock"  # held by the process training a run (0 bytes, left in place)
 
 
 def run_dir_for(output_dir: Path, method: str, seed: int) -> Path:
@@ -212,14 +214,38 @@ def train_one(
     """Train (or resume) one method x seed and write its run directory; return its final metrics.
 
     Raises:
+        RunDirError: another process is training this run (it holds the run directory's lock).
         TrainingDiverged: a loss became NaN/inf; the message names the term, the step and the kept checkpoint.
         Interrupted: `stop_requested()` turned true; a checkpoint was written first.
     """
+    run_dir.mkdir(parents=True, exist_ok=True)
+    with _training_lock(run_dir):
+        return _train(method, seed, resolved, cache, run_dir, device, callbacks, stop_requested, on_resume)
+
+
+@contextlib.contextmanager
+def _training_lock(run_dir: Path) -> Iterator[None]:
+    """Hold `run_dir`'s lock (released by the OS if this process dies), or raise RunDirError if another process does."""
+    lock = FileLock(run_dir / TRAINING_LOCK, timeout=0)
+    try:
+        lock.acquire()
+    except Timeout:
+        raise RunDirError(f"{run_dir} is being trained by another jadekit process right now",
+                          hint="let that process finish, or stop it and run again: two processes training one run "
+                               "would interleave its checkpoints and metrics.") from None
+    try:
+        yield
+    finally:
+        lock.release()
+
+
+def _train(method: Method, seed: int, resolved: Resolved, cache: DataCache, run_dir: Path, device: torch.device,
+           callbacks: Sequence[Callback], stop_requested: Callable[[], bool],
+           on_resume: Callable[[int, list[str]], None]) -> dict:
     recipe = resolved.recipe
     t = recipe.train
     data = {d: cache.domain(d, seed).to(device) for d in DOMAINS}
     trainer = make_trainer(method, resolved, data, seed, device)
-    run_dir.mkdir(parents=True, exist_ok=True)
     ckpt_path = run_dir / CHECKPOINT
     notes = resume_from_checkpoint(trainer, run_dir)
     atomic_write_text(run_dir / "recipe.toml", tomli_w.dumps(run_recipe_dict(recipe)))  # on resume: what trains it on
@@ -371,7 +397,8 @@ def _discard_runs(out: Path) -> None:
         for run in folder.iterdir():
             if (re.fullmatch(r"seed-\d+", run.name) and run.is_dir() and not run.is_symlink()
                     and any((run / f).exists() for f in run_files)):
-                shutil.rmtree(run)
+                with _training_lock(run):  # never from under a process that is training it
+                    shutil.rmtree(run)
         with contextlib.suppress(OSError):
             folder.rmdir()  # only when nothing else is in it
 

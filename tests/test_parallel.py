@@ -143,6 +143,30 @@ def test_a_worker_killed_by_the_system_is_one_message_and_checkpoints_stay(write
         assert io.load_checkpoint(out / "jade" / f"seed-{seed}" / "checkpoint.pt")[0]["loop"]["step"] >= 5
 
 
+@pytest.mark.skipif(not Path("/proc/self/cmdline").exists(), reason="finds the worker processes through /proc")
+def test_workers_of_a_killed_parent_checkpoint_and_exit_and_a_rerun_trains_each_step_once(write_tiny_recipe, tmp_path):
+    """SIGKILL to `jadekit run --jobs 2` itself: its workers stop at their next step with a checkpoint and exit (they
+    trained on beside the rerun, writing every step twice); the rerun resumes both runs."""
+    recipe = write_tiny_recipe(tmp_path / "orphans.toml", tmp_path / "out", experiment={"methods": ["jade"], "seeds": [0, 1]},
+                               train={"steps": 200, "checkpoint_every": 5})
+    out = tmp_path / "out"
+    proc = start_two_jobs_until_both_checkpoint(recipe, out)
+    workers = [pid for pid in children(proc.pid) if b"spawn_main" in Path(f"/proc/{pid}/cmdline").read_bytes()]
+    assert len(workers) == 2
+    proc.kill()
+    proc.communicate(timeout=60)
+    deadline = time.monotonic() + 60
+    while any(Path(f"/proc/{pid}").exists() and "Z" not in Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1][:3]
+              for pid in workers):
+        assert time.monotonic() < deadline, "the workers of the killed parent kept running"
+        time.sleep(0.1)
+    result = run_cli(recipe, "--jobs", "2")
+    assert result.exit_code == 0 and result.output.count("resuming at step") == 2, result.output
+    for seed in (0, 1):
+        steps = [r["step"] for r in io.read_jsonl(out / "jade" / f"seed-{seed}" / "metrics.jsonl") if r["kind"] == "train"]
+        assert steps == list(range(1, 201))
+
+
 def test_worker_devices_spread_a_plain_cuda_over_every_gpu(monkeypatch):
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
     assert worker_devices(torch.device("cuda"), 3) == ["cuda:0", "cuda:1", "cuda:0"]

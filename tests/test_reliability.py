@@ -167,6 +167,26 @@ def test_ctrl_c_writes_checkpoint_and_exits_130(tmp_path, write_recipe):
     assert not (run_dir / "final.json").exists()
 
 
+def test_a_run_being_trained_by_another_process_is_refused(tmp_path, write_recipe):
+    """Two `jadekit run` of one recipe at once: the second stops at the run the first is training (both used to
+    train it, interleaving its checkpoints and metrics), and --force does not delete it from under the first."""
+    recipe = write_recipe(tmp_path, steps=400)
+    run_dir = tmp_path / RUN_DIR
+    proc = start_run(tmp_path, recipe)
+    try:
+        wait_for(run_dir / "checkpoint.pt", proc)
+        with contextlib.chdir(tmp_path):
+            second = run_cli(["run", str(recipe)])
+            forced = run_cli(["run", str(recipe), "--force"])
+    finally:
+        proc.send_signal(signal.SIGINT)
+        proc.communicate(timeout=60)
+    for result in (second, forced):
+        said = " ".join(result.output.split())
+        assert result.exit_code == 2 and "is being trained by another jadekit process right now" in said, said
+    assert proc.returncode == 130 and (run_dir / "checkpoint.pt").exists()
+
+
 def test_foreign_output_dir_needs_force_or_resume(tmp_path, write_recipe):
     recipe = write_recipe(tmp_path, steps=6)
     out = tmp_path / "out"
