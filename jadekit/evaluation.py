@@ -29,7 +29,7 @@ from jadekit.data.base import ImageSet, Split
 from jadekit.data.prepare import fingerprint, load_split
 from jadekit.engine.evaluate import predict_logits, to_float
 from jadekit.errors import DataError, RecipeError, RunDirError, first_line
-from jadekit.io import atomic_write_json, atomic_write_text, load_checkpoint
+from jadekit.io import atomic_write_json, atomic_write_text, brief, load_checkpoint
 from jadekit.metrics import classification_report, group_report
 from jadekit.summary import fmt, mean_std, method_order, seed_differences, summarize, to_markdown
 from jadekit.trainer import CHECKPOINT, has_checkpoint
@@ -85,6 +85,12 @@ def load_run(run_dir: Path, overrides: list[str] | None = None, device: torch.de
         RunDirError: the directory, its recipe or its checkpoint is missing or unusable.
     """
     run_dir = Path(run_dir)
+    if run_dir.exists() and not run_dir.is_dir():
+        recipe = " (a recipe: `jadekit run` trains it)" if run_dir.suffix == ".toml" else ""
+        raise RunDirError(f"{run_dir} is a file{recipe}, not a run or output directory",
+                          hint="pass a run directory (`<output_dir>/<method>/seed-<n>`) or an output directory (the "
+                               f"recipe's experiment.output_dir{_output_dir_of(run_dir)}): `jadekit eval` takes either, "
+                               "`jadekit report` a run directory.")
     if not run_dir.is_dir():
         raise RunDirError(f"no such run directory: {run_dir}", hint="pass a `<output_dir>/<method>/seed-<n>` directory.")
     if not is_run_dir(run_dir):
@@ -107,7 +113,7 @@ def load_run(run_dir: Path, overrides: list[str] | None = None, device: torch.de
         if problem is None:
             model.load_state_dict(weights)
     except (RuntimeError, TypeError, AttributeError) as e:
-        problem = first_line(e)
+        problem = brief(first_line(e, 100_000), 300)
     if problem is not None:
         raise RunDirError(f"checkpoint of {run_dir} does not fit its recipe's {method} model: {problem}",
                           hint=mismatch_hint(state.get("recipe"), recipe_to_dict(resolved.recipe))) from None
@@ -117,6 +123,15 @@ def load_run(run_dir: Path, overrides: list[str] | None = None, device: torch.de
             "checkpoint_notes": notes}
     device = torch.device(device)
     return LoadedRun(run_dir, method, seed, resolved, model.to(device).eval(), device, info)
+
+
+def _output_dir_of(recipe: Path) -> str:
+    """`, here <dir>` when `recipe` is a readable recipe whose output directory holds runs (else "")."""
+    try:
+        out = Path(load_recipe(recipe).experiment.output_dir)
+    except Exception:  # not a recipe, or a broken one: the hint then names the key only
+        return ""
+    return f", here {out}" if find_runs(out) else ""
 
 
 def _first(keys: list[str], n: int = 2) -> str:
@@ -205,7 +220,10 @@ def external_set(run: LoadedRun, name: str, root: Path | None = None, split: Spl
         raise DataError(f"dataset '{name}' failed to describe itself: {type(e).__name__}: {e}") from None
     if info.class_names != run.resolved.class_names:
         raise DataError(f"dataset '{name}' has classes {list(info.class_names)}, but the run was trained on "
-                        f"{list(run.resolved.class_names)}; classes must match in number and order")
+                        f"{list(run.resolved.class_names)}; classes must match in number and order",
+                        hint=f"evaluate on a dataset with the classes {list(run.resolved.class_names)} in this order "
+                             f"(if '{name}' has a parameter that picks or orders its classes, set it with --param), or "
+                             f"evaluate a run trained on '{name}'s classes.")
     want = getattr(run.resolved, domain).info.image_shape
     have = info.image_shape
     if have[0] != want[0]:

@@ -6,14 +6,77 @@ import hashlib
 import io
 import json
 import os
-import tempfile
+import re
+import tempfile  # torch is imported where checkpoints are handled: `plugins new` needs no torch
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from jadekit.errors import RunDirError, first_line
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+
+
+def brief(text: str, limit: int = 300) -> str:
+    """`text` on one line (ANSI colour codes dropped), cut to at most `limit` characters at a boundary.
+
+    A longer text ends at its last full sentence within `limit` when that keeps at least half of it, else at the
+    last whole word, followed by "…": never mid-word, as torch's multi-line messages would be by a plain slice.
+    """
+    text = " ".join(_ANSI.sub("", str(text)).split())
+    if len(text) <= limit:
+        return text
+    ends = [m.end() for m in re.finditer(r"[.;!?](?=\s)", text[: limit - 1])]  # room for " …"
+    if ends and ends[-1] >= limit // 2:
+        return text[: ends[-1]].rstrip(".;") + " …"
+    cut = text[:limit].rfind(" ")  # a space at limit - 1 keeps the word before it whole
+    return (text[:cut] if cut > 0 else text[: limit - 1]).rstrip(" ,;:") + "…"
+
+
+def _file_in_the_way(path: Path) -> Path | None:
+    """`path`, or the nearest of its parents, when it exists and is not a directory."""
+    for p in (path, *path.parents):
+        if p.exists():
+            return None if p.is_dir() else p
+    return None
+
+
+def refuse_file_as_output_dir(path: Path, option: str, hint: str) -> None:
+    """Refuse an output directory that is a file (or lies under one) before anything is computed or written.
+
+    Raises:
+        RunDirError: naming `option` (e.g. `--out`), what is wrong and `hint` (where else to write).
+    """
+    blocker = _file_in_the_way(Path(path))
+    if blocker is not None:
+        raise output_dir_error(path, option, hint)
+
+
+def output_dir_error(path: Path, option: str, hint: str, e: OSError | None = None) -> RunDirError:
+    """The error for an output directory that cannot be written: a file in the way, or not writable (`e`)."""
+    path = Path(path)
+    blocker = _file_in_the_way(path)
+    if blocker == path:
+        what = "is a file, not a directory"
+    elif blocker is not None:
+        what = f"cannot be created: {blocker} is a file, not a directory"
+    else:
+        reason = (e.strerror or str(e)) if e is not None else "permission denied"
+        where = f" at {e.filename}" if e is not None and e.filename and Path(e.filename) != path else ""
+        what = f"is not writable ({reason}{where})"
+    return RunDirError(f"{option} {path} {what}", hint=hint)
+
+
+def touches(e: OSError, path: Path) -> bool:
+    """Whether the failed operation `e` was on `path`, inside it, or on one of its parents (creating it)."""
+    path = Path(path).absolute()
+    for name in (e.filename, getattr(e, "filename2", None)):
+        if not name:
+            continue
+        p = Path(os.fsdecode(name)).absolute()
+        if p == path or p.is_relative_to(path) or path.is_relative_to(p):
+            return True
+    return False
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
@@ -102,6 +165,8 @@ def read_jsonl(path: Path) -> Iterator[dict[str, Any]]:
 
 def _digest(obj: Any, h: hashlib._Hash | None = None) -> hashlib._Hash:
     """Deterministic SHA-256 over a nested structure of tensors and plain values."""
+    import torch
+
     h = h or hashlib.sha256()
     if isinstance(obj, torch.Tensor):
         t = obj.detach().cpu().contiguous()
@@ -125,6 +190,8 @@ def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
 
     The previous checkpoint is kept as `<name>.prev` so a damaged newest file can fall back.
     """
+    import torch
+
     path = Path(path)
     buf = io.BytesIO()
     torch.save({"state": state, "sha256": _digest(state).hexdigest()}, buf)
@@ -134,11 +201,13 @@ def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
 
 
 def _load_one(path: Path) -> dict[str, Any]:
+    import torch
+
     try:
         blob = torch.load(path, map_location="cpu", weights_only=True)  # never unpickles code
     except Exception as e:
-        brief = first_line(e, 200)
-        raise RunDirError(f"checkpoint {path} is unreadable (truncated or corrupt: {type(e).__name__}: {brief})") from None
+        detail = brief(first_line(e, 100_000), 200)  # torch's first line can run on: cut at a sentence or word
+        raise RunDirError(f"checkpoint {path} is unreadable (truncated or corrupt: {type(e).__name__}: {detail})") from None
     if not isinstance(blob, dict) or "state" not in blob or "sha256" not in blob:
         raise RunDirError(f"checkpoint {path} is not a jadekit checkpoint")
     if _digest(blob["state"]).hexdigest() != blob["sha256"]:

@@ -22,7 +22,7 @@ from jadekit.engine.evaluate import predict_logits, to_float
 from jadekit.engine.loop import Callback, LoopState
 from jadekit.engine.models import Batch, LossWeights
 from jadekit.errors import JadekitError, PluginError, RunDirError, first_line
-from jadekit.io import append_jsonl, load_checkpoint, save_checkpoint, truncate_jsonl
+from jadekit.io import append_jsonl, brief, load_checkpoint, save_checkpoint, truncate_jsonl
 
 CHECKPOINT = "checkpoint.pt"
 METRICS = "metrics.jsonl"
@@ -231,7 +231,7 @@ def probe_model(method: Method, model: torch.nn.Module, data: dict[str, DomainDa
     except Exception as e:
         raise PluginError(
             f"{what} cannot process primary images {tuple(p.train_x.shape[1:])} / auxiliary images {tuple(a.train_x.shape[1:])}: "
-            f"{type(e).__name__}: {str(e)[:300]}",
+            f"{type(e).__name__}: {brief(str(e), 300)}",
             hint="pick a backbone that accepts this image size, set `resize` in the data table, or fix the backbone plugin.",
         ) from None
     if not isinstance(terms, dict) or not isinstance(terms.get("total"), torch.Tensor) or terms["total"].numel() != 1:
@@ -268,7 +268,7 @@ _MISMATCH = (KeyError, RuntimeError, ValueError, TypeError, IndexError)  # what 
 
 
 def _mismatch(run_dir: Path, e: Exception) -> RunDirError:
-    detail = " ".join(str(e).split())[:300]  # torch's load_state_dict message spans several lines
+    detail = brief(str(e), 300)  # torch's load_state_dict message spans several lines: cut at a word
     return RunDirError(f"checkpoint in {run_dir} does not fit this recipe's model or data ({type(e).__name__}: {detail})",
                        hint="run with --force to discard it and start again, or restore the recipe it was trained with.")
 

@@ -215,7 +215,7 @@ CASES: list[Case] = [
     # recipe file and TOML
     ("malformed-toml", lambda c: c.edit('name = "bad-inputs"', 'name = "bad-inputs'), "malformed TOML", 2),
     ("missing-recipe", lambda c: c.args.__setitem__(1, str(c.tmp / "nope.toml")), "no such recipe file", 2),
-    ("not-utf8", lambda c: c.recipe.write_bytes(b"\xff\xfe\x00bad"), "cannot read recipe", 2),
+    ("not-utf8", lambda c: c.recipe.write_bytes(b"\xff\xfe\x00bad"), "not UTF-8 text (byte 0): a TOML recipe must be UTF-8", 2),
     ("unknown-table", lambda c: c.recipe.write_text(c.recipe.read_text() + "\n[trian]\nsteps = 3\n"), "trian: unknown key", 2),
     ("unknown-key", lambda c: c.add("train", "lrr = 0.1"), "train.lrr: unknown key", 2),
     ("missing-table", lambda c: c.edit("[train]\n", "[tra]\n"), "train: Field required", 2),

@@ -126,11 +126,88 @@ def test_class_mismatch_is_a_clear_error(trained, monkeypatch):
     result = runner.invoke(app, ["eval", str(trained / "single" / "seed-0"), "--dataset", "letters"])
     assert result.exit_code == 2
     assert "classes ['a', 'b']" in result.output and "classes must match" in result.output
+    fix = _fix(result.output)
+    assert "evaluate on a dataset with the classes ['" in fix and "in this order" in fix and "--param" in fix
+    assert "Traceback" not in result.output
+
+
+def _fix(output: str) -> str:
+    return next((line for line in output.splitlines() if line.startswith("fix: ")), "(no fix: line)")
 
 
 def test_missing_run_dir(tmp_path):
     result = runner.invoke(app, ["eval", str(tmp_path / "nope")])
     assert result.exit_code == 2 and "no such run directory" in result.output
+
+
+def test_eval_of_a_file_says_what_eval_takes(trained, tmp_path):
+    """`jadekit eval recipe.toml`: a file, not a run or output directory, naming the recipe's output directory."""
+    recipe = tmp_path / "some_recipe.toml"
+    recipe.write_text((trained / "single" / "seed-0" / "recipe.toml").read_text())  # output_dir = the trained runs
+    for args in (["eval", str(recipe)], ["report", str(recipe)]):
+        result = runner.invoke(app, args)
+        assert result.exit_code == 2, result.output
+        assert f"{recipe} is a file (a recipe: `jadekit run` trains it), not a run or output directory" in result.output
+        assert "no such run directory" not in result.output and "Traceback" not in result.output
+        fix = _fix(result.output)
+        assert "pass a run directory" in fix and f"experiment.output_dir, here {trained}" in fix
+    other = tmp_path / "notes.txt"
+    other.write_text("x")
+    result = runner.invoke(app, ["eval", str(other)])
+    assert result.exit_code == 2 and f"{other} is a file, not a run or output directory" in result.output
+    assert "an output directory (the recipe's experiment.output_dir)" in _fix(result.output)
+
+
+def test_report_out_that_is_a_file_is_named(trained):
+    run = trained / "single" / "seed-0"
+    checkpoint = run / "checkpoint.pt"
+    before = checkpoint.read_bytes()
+    for out, what in ((checkpoint, f"--out {checkpoint} is a file, not a directory"),
+                      (checkpoint / "rep", f"--out {checkpoint / 'rep'} cannot be created: {checkpoint} is a file")):
+        result = runner.invoke(app, ["report", str(run), "--out", str(out), "--device", "cpu"])
+        assert result.exit_code == 2, result.output
+        assert what in result.output and "pass --out with another path" in _fix(result.output)
+        assert "output directory and data root" not in result.output and "Traceback" not in result.output
+    assert checkpoint.read_bytes() == before
+
+
+@pytest.mark.skipif(not Path("/sys/kernel").is_dir(), reason="needs Linux's read-only /sys")
+def test_report_unwritable_out_is_named(trained):
+    result = runner.invoke(app, ["report", str(trained / "single" / "seed-0"), "--out", "/sys/jadekit-rep", "--device", "cpu"])
+    assert result.exit_code == 2, result.output
+    assert "--out /sys/jadekit-rep is not writable" in result.output and "pass --out with another path" in _fix(result.output)
+    assert "output directory and data root" not in result.output and "Traceback" not in result.output
+
+
+def test_torch_messages_are_cut_at_a_word(trained, tmp_path):
+    """A truncated checkpoint: torch's long first line is cut at a sentence or word boundary, with an ellipsis."""
+    run = tmp_path / "jade" / "seed-0"
+    shutil.copytree(trained / "jade" / "seed-0", run)
+    (run / "checkpoint.pt").write_bytes((trained / "jade" / "seed-0" / "checkpoint.pt").read_bytes()[:300])
+    (run / "checkpoint.pt.prev").unlink(missing_ok=True)
+    with pytest.raises(Exception) as torch_error:
+        torch.load(run / "checkpoint.pt", weights_only=True)
+    full = " ".join(str(torch_error.value).splitlines()[0].split())
+    result = runner.invoke(app, ["eval", str(run)])
+    assert result.exit_code == 2 and "unreadable" in result.output and "Traceback" not in result.output
+    shown = result.output.split(f"{type(torch_error.value).__name__}: ", 1)[1].split("\n")[0]
+    assert shown.endswith(")")
+    shown = shown[:-1]
+    if shown != full:  # cut: at a boundary of torch's text, marked with an ellipsis
+        kept = shown.removesuffix("…").rstrip()
+        assert shown.endswith("…") and full.startswith(kept) and full[len(kept)] in " .;", shown
+
+
+def test_brief_cuts_at_a_sentence_or_word():
+    from jadekit.io import brief
+
+    assert brief("short", 300) == "short"
+    assert brief("one\n  two", 300) == "one two"
+    assert brief("\x1b[1mbold\x1b[0m text", 300) == "bold text"
+    long = "First sentence here. " + "word " * 100
+    assert brief(long, 60) == "First sentence here. word word word word word word word…"
+    assert brief("A sentence that is long enough. More words follow it " * 3, 60) == "A sentence that is long enough …"
+    assert len(brief("x" * 500, 100)) == 100
 
 
 def test_directory_without_runs(tmp_path):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shlex
 import subprocess
 import sys
 import tomllib
@@ -508,6 +509,83 @@ def test_new_refuses(tmp_path, name, match):
     (tmp_path / "x" / "file").write_text("")
     result = runner.invoke(app, ["plugins", "new", name, "--dir", str(tmp_path / "x")])
     assert result.exit_code == 2 and match in result.output
+
+
+def test_new_refuses_a_name_already_registered(tmp_path, monkeypatch):
+    """`plugins new mnist` would scaffold a package whose dataset clashes with the built-in once installed."""
+    result = runner.invoke(app, ["plugins", "new", "mnist", "--dir", str(tmp_path / "x")])
+    assert result.exit_code == 2, result.output
+    assert "dataset 'mnist', which jadekit" in result.output and "already registers" in result.output
+    assert "pick another name" in _fix(result.output) and "my-mnist" in _fix(result.output)
+    assert "Traceback" not in result.output and not (tmp_path / "x").exists()
+    # its backbone `NAME-cnn` is checked too (names are read from metadata: nothing is imported)
+    monkeypatch.setattr(registry, "datasets", datasets_of())
+    monkeypatch.setattr(registry, "backbones", backbones_of(ep("tumour-cnn", "no_such_module_xyz:B", "jadekit-scans",
+                                                               group="jadekit.backbones")))
+    clash = runner.invoke(app, ["plugins", "new", "tumour", "--dir", str(tmp_path / "y")])
+    assert clash.exit_code == 2 and "backbone 'tumour-cnn', which jadekit-scans 1.0 already registers" in clash.output
+    assert "pick another name" in _fix(clash.output) and not (tmp_path / "y").exists()
+    # a name registered by the scaffold's own distribution (jadekit-NAME, installed earlier) is no clash
+    monkeypatch.setattr(registry, "datasets", datasets_of(ep("tumour", "jadekit_tumour.dataset:T", "jadekit_tumour")))
+    monkeypatch.setattr(registry, "backbones", backbones_of())
+    assert runner.invoke(app, ["plugins", "new", "tumour", "--dir", str(tmp_path / "z")]).exit_code == 0
+
+
+def test_new_dir_that_is_a_file_is_named(tmp_path):
+    afile = tmp_path / "afile"
+    afile.write_text("mine")
+    for target, what in ((afile, f"--dir {afile} is a file, not a directory"),
+                         (afile / "demo", f"--dir {afile / 'demo'} cannot be created: {afile} is a file")):
+        result = runner.invoke(app, ["plugins", "new", "demo", "--dir", str(target)])
+        assert result.exit_code == 2, result.output
+        assert what in result.output and "pass --dir with another path" in _fix(result.output)
+        assert "output directory and data root" not in result.output and "Traceback" not in result.output
+    assert afile.read_text() == "mine"
+
+
+@pytest.mark.skipif(not Path("/sys/kernel").is_dir(), reason="needs Linux's read-only /sys")
+def test_new_unwritable_dir_is_named():
+    result = runner.invoke(app, ["plugins", "new", "demo", "--dir", "/sys/jadekit-demo"])
+    assert result.exit_code == 2, result.output
+    assert "--dir /sys/jadekit-demo is not writable" in result.output and "pass --dir with another path" in _fix(result.output)
+    assert "output directory and data root" not in result.output and "Traceback" not in result.output
+
+
+def test_new_on_a_full_disk_leaves_no_half_package(tmp_path, monkeypatch):
+    import errno
+
+    real = Path.write_text
+    calls = []
+
+    def full(self, *args, **kwargs):
+        calls.append(self)
+        if len(calls) == 3:
+            raise OSError(errno.ENOSPC, "No space left on device", str(self))
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "write_text", full)
+    (tmp_path / "pkg").mkdir()  # an empty directory the user made: kept
+    result = runner.invoke(app, ["plugins", "new", "demo", "--dir", str(tmp_path / "pkg")])
+    assert result.exit_code == 2, result.output
+    assert f"--dir {tmp_path / 'pkg'} is not writable (No space left on device" in result.output
+    assert (tmp_path / "pkg").is_dir() and not any((tmp_path / "pkg").iterdir())  # so the same command can be rerun
+
+
+def _next_steps(output: str) -> list[list[str]]:
+    lines = output.split("Next:", 1)[1].strip().splitlines()
+    return [shlex.split(line) for line in lines]
+
+
+@pytest.mark.parametrize("where", ["pkg", "scaf dir/demo", "it's [x]"])
+def test_new_prints_next_steps_that_paste_into_a_shell(tmp_path, where):
+    target = tmp_path / where
+    result = runner.invoke(app, ["plugins", "new", "demo", "--dir", str(target)])
+    assert result.exit_code == 0, result.output
+    assert _next_steps(result.output) == [["pip", "install", "-e", f"{target}[dev]"], ["pytest", f"{target}/tests"],
+                                          ["jadekit", "run", f"{target}/recipes/demo.toml"]]
+    if where == "pkg":  # an ordinary path prints as before: only the pip line (brackets) is quoted
+        assert f"  pytest {target}/tests\n  jadekit run {target}/recipes/demo.toml" in result.output
+        assert f"pip install -e '{target}[dev]'" in result.output
 
 
 @pytest.mark.slow

@@ -144,11 +144,22 @@ def report(
     """Write a report (Markdown + PNGs + one self-contained HTML) of what a run learned."""
     from jadekit.cli import out, user_errors
     from jadekit.evaluation import run_label
+    from jadekit.io import output_dir_error, refuse_file_as_output_dir, touches
     from jadekit.report import build_report
     from jadekit.runner import pick_device
 
+    target, option = (out_dir, "--out") if out_dir is not None else (run_dir / "report", "the report directory")
+    hint = ("pass --out with another path: a directory you can write to" if out_dir is not None else
+            "pass --out with a directory you can write to") + " (the report's files go into it)."
     with user_errors():
-        rep = build_report(run_dir, out_dir, device=pick_device(device, "--device"), max_samples=samples)
+        if out_dir is not None:  # a file in the way: said before the run is loaded and scored
+            refuse_file_as_output_dir(out_dir, option, hint)
+        try:
+            rep = build_report(run_dir, out_dir, device=pick_device(device, "--device"), max_samples=samples)
+        except OSError as e:
+            if not touches(e, target):
+                raise
+            raise output_dir_error(target, option, hint, e) from None
     if not rep.weights["finished"]:
         _warn(f"{run_label(run_dir)} is unfinished: {_weights_line(rep.weights)}")
     for name, p in rep.probes.items():

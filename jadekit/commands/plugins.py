@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shlex
 import textwrap
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
@@ -172,6 +173,7 @@ def plugins_new(
 
     with user_errors():
         target, files = create(name, directory)
-    out.print(f"[green]created[/] {target} ({len(files)} files). Next:", highlight=False)
-    out.print(f"  pip install -e '{target}[dev]'\n  pytest {target}/tests\n  jadekit run {target}/recipes/{name}.toml",
-              highlight=False, markup=False)
+    out.print(f"[green]created[/] {rich_escape(str(target))} ({len(files)} files). Next:", highlight=False)
+    q = shlex.quote  # quotes a path only where the shell needs it ('…[dev]' always: brackets are glob characters)
+    out.print(f"  pip install -e {q(f'{target}[dev]')}\n  pytest {q(f'{target}/tests')}\n"
+              f"  jadekit run {q(f'{target}/recipes/{name}.toml')}", highlight=False, markup=False, soft_wrap=True)
