@@ -255,6 +255,9 @@ def _train(method: Method, seed: int, resolved: Resolved, cache: DataCache, run_
         (run_dir / METRICS).unlink(missing_ok=True)
     else:
         notes += apply_optimizer_settings(trainer, t.lr, t.weight_decay)
+        if not (run_dir / "indices.json").exists():  # deleted: the draw is the seed's, and the data is checked
+            atomic_write_json(run_dir / "indices.json", {d: data[d].indices for d in DOMAINS})
+            notes.append(f"{run_dir / 'indices.json'} was missing: rewritten from this recipe's draw for seed {seed}")
         on_resume(trainer.state.step, notes)
     provenance = {
         "recipe_fingerprint": recipe_fingerprint(recipe),

@@ -310,10 +310,8 @@ def resume_from_checkpoint(trainer: Trainer, run_dir: Path) -> list[str] | None:
     ckpt, notes = load_checkpoint(ckpt_path)
     if notes and ckpt_path.exists():
         os.replace(ckpt_path, ckpt_path.with_suffix(".pt.corrupt"))
-    if notes:
+    if notes:  # returned to the caller, which shows them (logging them too printed each twice)
         notes.append(f"resumed from the previous checkpoint {previous_checkpoint(ckpt_path)}")
-        for n in notes:
-            log.warning(n)
     try:
         trainer.load_state_dict(ckpt)
     except _MISMATCH as e:

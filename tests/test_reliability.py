@@ -480,11 +480,26 @@ def test_run_resumes_from_prev_when_newest_is_corrupt(tmp_path, write_recipe):
         result = run_cli(["run", str(recipe)])
     assert result.exit_code == 0, result.output
     assert "checkpoint.pt is unreadable" in result.output and "resuming at step 5" in result.output
+    assert result.output.count("checkpoint.pt is unreadable") == 1  # shown once, as a warning (it was also logged)
     assert (run_dir / "checkpoint.pt.corrupt").exists()
     resumed = json.loads((run_dir / "final.json").read_text())
     assert resumed["primary_test_error"] == reference["primary_test_error"]
     assert all(torch.equal(weights[k], v) for k, v in final_weights(run_dir).items())
     assert train_steps(run_dir) == list(range(1, 11))
+
+
+def test_a_resumed_run_without_its_indices_json_gets_it_back(tmp_path, write_recipe):
+    recipe = write_recipe(tmp_path, steps=6)
+    run_dir = tmp_path / RUN_DIR
+    with contextlib.chdir(tmp_path):
+        assert run_cli(["run", str(recipe)]).exit_code == 0
+        drawn = (run_dir / "indices.json").read_text()
+        for name in ("final.json", "indices.json"):  # unfinished, and its record of the draw deleted
+            (run_dir / name).unlink()
+        result = run_cli(["run", str(recipe)])
+    said = " ".join(result.output.split())
+    assert result.exit_code == 0 and "indices.json was missing: rewritten from this recipe's draw for seed 0" in said
+    assert (run_dir / "indices.json").read_text() == drawn
 
 
 # --- NaN guard ---------------------------------------------------------------------------------------
