@@ -187,6 +187,21 @@ def _check_same_data(run_dir: Path, files: dict[str, dict]) -> None:
                           hint="restore the files it was trained on, or run with --force to start again on these.")
 
 
+def _where_it_ran_before(run_dir: Path, device: torch.device) -> list[str]:
+    """A note when a run resumes on another device or CPU thread count than its provenance.json records: its float
+    sums, hence the last bits of its weights, then differ from an uninterrupted run's (`--jobs` splits the threads)."""
+    try:
+        before = json.loads((run_dir / "provenance.json").read_text())
+        was = (str(before["device"]), int(before["threads"]))
+    except (OSError, ValueError, KeyError, TypeError):
+        return []
+    now = (str(device), torch.get_num_threads())
+    if was == now or (device.type != "cpu" and was[0] == now[0]):  # threads only shape CPU arithmetic
+        return []
+    return [f"resumed on {now[0]} with {now[1]} CPU thread(s), where it ran on {was[0]} with {was[1]}: the result "
+            "equals an uninterrupted run's up to float rounding, not bit for bit (set train.threads to keep them equal)"]
+
+
 def _check_same_draw(run_dir: Path, drawn: dict) -> None:
     """A resumed run must train on the labelled subset it started with (indices.json), not a new draw."""
     try:
@@ -258,6 +273,7 @@ def _train(method: Method, seed: int, resolved: Resolved, cache: DataCache, run_
         if not (run_dir / "indices.json").exists():  # deleted: the draw is the seed's, and the data is checked
             atomic_write_json(run_dir / "indices.json", {d: data[d].indices for d in DOMAINS})
             notes.append(f"{run_dir / 'indices.json'} was missing: rewritten from this recipe's draw for seed {seed}")
+        notes += _where_it_ran_before(run_dir, device)
         on_resume(trainer.state.step, notes)
     provenance = {
         "recipe_fingerprint": recipe_fingerprint(recipe),

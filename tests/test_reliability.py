@@ -502,6 +502,22 @@ def test_a_resumed_run_without_its_indices_json_gets_it_back(tmp_path, write_rec
     assert (run_dir / "indices.json").read_text() == drawn
 
 
+def test_a_resume_with_another_thread_count_says_the_last_bits_will_differ(tmp_path, write_recipe):
+    recipe = write_recipe(tmp_path, steps=6)
+    threads = torch.get_num_threads()  # train.threads sets this process's count: the later tests keep theirs
+    try:
+        with contextlib.chdir(tmp_path):
+            assert run_cli(["run", str(recipe), "--set", "train.threads=2"]).exit_code == 0
+            same = run_cli(["run", str(recipe), "--resume", "--set", "train.steps=7", "--set", "train.threads=2"])
+            fewer = run_cli(["run", str(recipe), "--resume", "--set", "train.steps=8", "--set", "train.threads=1"])
+    finally:
+        torch.set_num_threads(threads)
+    assert same.exit_code == 0 and "CPU thread(s)" not in same.output, same.output
+    said = " ".join(fewer.output.split())
+    assert fewer.exit_code == 0 and "resumed on cpu with 1 CPU thread(s), where it ran on cpu with 2" in said, said
+    assert "set train.threads to keep them equal" in said
+
+
 # --- NaN guard ---------------------------------------------------------------------------------------
 
 
