@@ -132,35 +132,43 @@ def append_jsonl(path: Path, record: dict[str, Any]) -> None:
         os.fsync(f.fileno())
 
 
-def truncate_jsonl(path: Path, keep: Callable[[dict[str, Any]], bool]) -> int:
-    """Atomically rewrite a JSONL file with only the records `keep` accepts (torn lines dropped).
+def truncate_jsonl(path: Path, keep: Callable[[dict[str, Any]], bool]) -> tuple[int, int]:
+    """Atomically rewrite a JSONL file with only the records `keep` accepts (unparseable lines dropped).
 
     Used on resume so that records written after the checkpoint (which will be produced again)
-    appear exactly once. Returns the number of records dropped.
+    appear exactly once. Returns the number of records dropped, and of unparseable lines other than a torn
+    last one (a crash mid-append tears only the last line: any other is damage, and its record is lost).
     """
     path = Path(path)
     if not path.exists():
-        return 0
-    records = list(read_jsonl(path))
+        return 0, 0
+    lines = [line for line in path.read_text(encoding="utf-8", errors="replace").splitlines() if line.strip()]
+    records = [r for r in map(_parsed, lines) if r is not None]
+    damaged = sum(_parsed(line) is None for line in lines[:-1])
     kept = [r for r in records if keep(r)]
     text = "".join(json.dumps(r, default=str) + "\n" for r in kept)
     if text.encode("utf-8") != path.read_bytes():
         atomic_write_text(path, text)
-    return len(records) - len(kept)
+    return len(records) - len(kept), damaged
+
+
+def _parsed(line: str) -> dict[str, Any] | None:
+    """The record on one JSONL line, or None when the line is not a JSON object (torn or damaged)."""
+    try:
+        record = json.loads(line)
+    except json.JSONDecodeError:
+        return None
+    return record if isinstance(record, dict) else None
 
 
 def read_jsonl(path: Path) -> Iterator[dict[str, Any]]:
     """Yield the records of a JSONL file, skipping a torn (unparseable) line."""
     if not Path(path).exists():
         return
-    with open(path, encoding="utf-8") as f:
+    with open(path, encoding="utf-8", errors="replace") as f:
         for line in f:
-            if not line.strip():
-                continue
-            try:
-                yield json.loads(line)
-            except json.JSONDecodeError:
-                continue
+            if line.strip() and (record := _parsed(line)) is not None:
+                yield record
 
 
 def _digest(obj: Any, h: hashlib._Hash | None = None) -> hashlib._Hash:

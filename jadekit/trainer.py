@@ -317,9 +317,11 @@ def resume_from_checkpoint(trainer: Trainer, run_dir: Path) -> list[str] | None:
     except _MISMATCH as e:
         raise _mismatch(run_dir, e) from None
     step = trainer.state.step
-    dropped = truncate_jsonl(run_dir / METRICS, lambda r: isinstance(r.get("step"), int) and r["step"] <= step)
+    dropped, damaged = truncate_jsonl(run_dir / METRICS, lambda r: isinstance(r.get("step"), int) and r["step"] <= step)
     if dropped:
         log.info("dropped %d metric records past step %d (they are recomputed)", dropped, step)
+    if damaged:
+        notes.append(f"{run_dir / METRICS}: {damaged} damaged line(s) before its last, dropped: those records are lost")
     return notes
 
 

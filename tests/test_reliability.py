@@ -417,8 +417,25 @@ def test_torn_jsonl_line_is_skipped_and_truncation_is_atomic(tmp_path):
     with open(path, "a") as f:
         f.write('{"step": 6, "ki')
     assert [r["step"] for r in io.read_jsonl(path)] == [1, 2, 3, 4, 5]
-    assert io.truncate_jsonl(path, lambda r: r["step"] <= 3) == 2
+    assert io.truncate_jsonl(path, lambda r: r["step"] <= 3) == (2, 0)  # two past step 3; the torn last line is no damage
     assert path.read_text().splitlines() == [json.dumps({"step": s, "kind": "train"}) for s in (1, 2, 3)]
+
+
+def test_a_damaged_metrics_line_before_the_last_is_named_on_resume(tmp_path, write_recipe):
+    """A torn last line is what a crash leaves; a damaged line before it (disk damage, an editor) loses its record,
+    and the resume says so instead of dropping it silently."""
+    recipe = write_recipe(tmp_path, steps=10)
+    run_dir = tmp_path / RUN_DIR
+    with contextlib.chdir(tmp_path):
+        assert run_cli(["run", str(recipe)]).exit_code == 0
+        (run_dir / "final.json").unlink()  # unfinished again: it resumes at its last checkpoint, step 10
+        lines = (run_dir / "metrics.jsonl").read_bytes().splitlines(keepends=True)
+        lines[2] = b'{"step": 3, "ki\xff\n'  # not JSON, and not UTF-8 either
+        (run_dir / "metrics.jsonl").write_bytes(b"".join(lines))
+        result = run_cli(["run", str(recipe)])
+    said = " ".join(result.output.split())
+    assert result.exit_code == 0 and "1 damaged line(s) before its last, dropped: those records are lost" in said, said
+    assert 3 not in train_steps(run_dir) and len(train_steps(run_dir)) == 9
 
 
 # --- checksummed checkpoints -------------------------------------------------------------------------
