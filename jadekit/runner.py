@@ -487,7 +487,10 @@ def run_recipe(
 
         finals |= train_in_workers(recipe, pending, jobs, device, events, stop_requested)
     else:
-        for method, seed in pending:
+        for i, (method, seed) in enumerate(pending):
+            if stop_requested():  # e.g. Ctrl-C during the last run's test evaluation: the next does not start
+                raise Interrupted(f"stopped before {method} seed {seed}: {len(pending) - i} run(s) not started",
+                                  hint=RESUME_HINT)
             run_dir = run_dir_for(recipe.experiment.output_dir, method, seed)
             final = train_one(method, seed, resolved, cache, run_dir, device,
                               events.callbacks_for(method, seed, recipe.train.steps), stop_requested,

@@ -187,6 +187,24 @@ def test_a_run_being_trained_by_another_process_is_refused(tmp_path, write_recip
     assert proc.returncode == 130 and (run_dir / "checkpoint.pt").exists()
 
 
+def test_a_stop_asked_between_runs_starts_no_further_run(tmp_path, write_recipe):
+    """Ctrl-C while a run is scored on the test sets (after its last step): that run finishes, the next does not
+    start (it used to start, checkpoint at its first step and stop there)."""
+    from jadekit.build import load_resolved
+    from jadekit.errors import Interrupted
+    from jadekit.runner import RunEvents, run_recipe
+
+    recipe = write_recipe(tmp_path, steps=6)
+    done: list[tuple[str, int]] = []
+    with contextlib.chdir(tmp_path):
+        resolved = load_resolved(recipe, ["experiment.seeds=[0, 1]"])
+        with pytest.raises(Interrupted, match=r"stopped before jade seed 1: 1 run\(s\) not started"):
+            run_recipe(resolved, events=RunEvents(on_done=lambda m, s, f: done.append((m, s))),
+                       stop_requested=lambda: bool(done))
+    assert done == [("jade", 0)] and (tmp_path / RUN_DIR / "final.json").exists()
+    assert not (tmp_path / "out" / "jade" / "seed-1").exists()
+
+
 def test_foreign_output_dir_needs_force_or_resume(tmp_path, write_recipe):
     recipe = write_recipe(tmp_path, steps=6)
     out = tmp_path / "out"
