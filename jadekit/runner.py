@@ -417,7 +417,8 @@ def _discard_runs(out: Path) -> None:
             if (re.fullmatch(r"seed-\d+", run.name) and run.is_dir() and not run.is_symlink()
                     and any((run / f).exists() for f in run_files)):
                 with _training_lock(run):  # never from under a process that is training it
-                    shutil.rmtree(run)
+                    pass  # released before deleting: Windows cannot delete a file that is open
+                shutil.rmtree(run)
         with contextlib.suppress(OSError):
             folder.rmdir()  # only when nothing else is in it
 
