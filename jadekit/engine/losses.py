@@ -42,7 +42,8 @@ def pairwise_class_kl(
     """Mean of KL(q(c|x_i) || q(c|y_j)) over every same-class pair (i primary, j auxiliary)."""
     kl = kl_gaussians(mu_p[:, None], logvar_p[:, None], mu_a[None], logvar_a[None])  # (P, A)
     same = y_p[:, None] == y_a[None]
-    # where, not kl * same: an overflowing cross-class pair (inf * 0 = NaN) must not reach the loss
+    # where, not kl * same: an overflowing cross-class pair (inf * 0 = NaN) must not reach the loss (its gradient is
+    # still NaN, but an overflow needs |mu| ~ 1e12: a run that has already diverged, stopped by the loop's guard)
     return torch.where(same, kl, 0.0).sum() / same.sum().clamp_min(1)
 
 
