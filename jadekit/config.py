@@ -246,6 +246,8 @@ def format_validation_error(err: ValidationError, prefix: str = "") -> list[str]
         msg = e["msg"]
         if e["type"] == "extra_forbidden":
             msg = "unknown parameter" if option else "unknown key (check its spelling; see docs/recipes.md)"
+        elif e["type"] == "value_error":  # our validators' own messages: pydantic's "Value error, " adds nothing
+            msg = msg.removeprefix("Value error, ")
         elif e["type"] in _TYPE_FIXES:
             msg = f"{msg} (got {_toml_repr(e['input'])}); {_TYPE_FIXES[e['type']]}"
         lines.append(f"{loc or '(recipe)'}: {msg}")

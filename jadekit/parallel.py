@@ -192,7 +192,7 @@ def _start_worker(recipe: Recipe, slots, devices: list[str], threads: int, stop,
     from jadekit.build import resolve
     from jadekit.runner import DataCache
 
-    _worker["signalled"] = on_signal = StopOnSignal()
+    _worker["stop_signal"] = on_signal = StopOnSignal()
     for s in STOP_SIGNALS:
         signal.signal(s, on_signal)
     if hasattr(signal, "pthread_sigmask"):
@@ -234,7 +234,7 @@ def _train(method: Method, seed: int) -> dict:
     messages, recipe = w["messages"], w["resolved"].recipe
 
     def stop_requested() -> bool:
-        return w["stop"].is_set() or w["signalled"].requested
+        return w["stop"].is_set() or w["stop_signal"].requested
 
     w["training"] = True  # before the stop check: `_exit_with_parent` then never exits mid-run
     if stop_requested():

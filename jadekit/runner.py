@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import os
 import re
 import shutil
 import time
@@ -149,6 +150,7 @@ class DataCache:
     def __init__(self, resolved: Resolved) -> None:
         self.resolved = resolved
         self._sets: dict[tuple[str, str], ImageSet] = {}
+        self._hashes: dict[str, dict] = {}
 
     def split(self, domain: str, split: str) -> ImageSet:
         key = (domain, split)
@@ -163,8 +165,11 @@ class DataCache:
         return prepare_domain(self.split(domain, "train"), self.split(domain, "test"), cfg, seed, domain)
 
     def fingerprints(self) -> dict[str, dict]:
-        files = tuple(f for s in self._sets.values() for f in s.files)
-        return fingerprint(tuple(dict.fromkeys(files)))
+        """SHA-256 and size of every file read so far (each file hashed once per process)."""
+        files = tuple(dict.fromkeys(f for s in self._sets.values() for f in s.files))
+        missing = tuple(f for f in files if str(f) not in self._hashes)
+        self._hashes |= fingerprint(missing) if missing else {}
+        return {str(f): self._hashes[str(f)] for f in files}
 
 
 def evaluate_split(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, domain: str) -> dict[str, float]:
@@ -184,7 +189,8 @@ def _check_same_data(run_dir: Path, files: dict[str, dict]) -> None:
         shown = ", ".join(changed[:3]) + (f" and {len(changed) - 3} more" if len(changed) > 3 else "")
         raise RunDirError(f"{run_dir} started training on other contents of {shown} than the data root holds now "
                           "(SHA-256 differs from its provenance.json)",
-                          hint="restore the files it was trained on, or run with --force to start again on these.")
+                          hint="restore the files it was trained on; if they hold the same data (re-compressed, say), "
+                               "delete that run's provenance.json to accept them; or run with --force to start again.")
 
 
 def _where_it_ran_before(run_dir: Path, device: torch.device) -> list[str]:
@@ -196,7 +202,9 @@ def _where_it_ran_before(run_dir: Path, device: torch.device) -> list[str]:
     except (OSError, ValueError, KeyError, TypeError):
         return []
     now = (str(device), torch.get_num_threads())
-    if was == now or (device.type != "cpu" and was[0] == now[0]):  # threads only shape CPU arithmetic
+    if device.type != "cpu" and was[0].split(":")[0] == device.type:  # another GPU index (--jobs spreads them): same
+        return []                                                     # arithmetic; threads only shape CPU sums
+    if was == now:
         return []
     return [f"resumed on {now[0]} with {now[1]} CPU thread(s), where it ran on {was[0]} with {was[1]}: the result "
             "equals an uninterrupted run's up to float rounding, not bit for bit (set train.threads to keep them equal)"]
@@ -248,6 +256,9 @@ def _training_lock(run_dir: Path) -> Iterator[None]:
         raise RunDirError(f"{run_dir} is being trained by another jadekit process right now",
                           hint="let that process finish, or stop it and run again: two processes training one run "
                                "would interleave its checkpoints and metrics.") from None
+    except OSError:  # a file system without locks (some network mounts), or another user's lock file: as before locks
+        yield
+        return
     try:
         yield
     finally:
@@ -372,7 +383,8 @@ def check_output_dir(recipe: Recipe, resume: bool, force: bool, claim: bool = Tr
     if marker.exists():
         existing = _read_marker(marker)
         if not existing and not (resume or force):
-            raise RunDirError(f"{marker} is damaged (not a JSON object), so the recipe its runs belong to is unknown",
+            raise RunDirError(f"{marker} is damaged or unreadable (it names no recipe), so the recipe its runs belong to "
+                              "is unknown",
                               hint="pass --resume to continue its runs with this recipe (each run's checkpoint is still "
                                    "checked against it), --force to discard them, or pick another experiment.output_dir.")
         if existing.get("recipe_fingerprint") != fp and not (resume or force):
@@ -407,18 +419,21 @@ def check_output_dir(recipe: Recipe, resume: bool, force: bool, claim: bool = Tr
 
 def _discard_runs(out: Path) -> None:
     """`--force`: delete the run directories under `out` (`<method>/seed-<n>` holding a run's files), nothing else:
-    a folder of the user's that happens to be called `jade` (with `output_dir = "."`, say) is left alone."""
+    a folder of the user's that happens to be called `jade` (with `output_dir = "."`, say) is left alone. Every run's
+    lock is taken first, so a run another process is training stops the whole discard before anything is deleted."""
     run_files = (CHECKPOINT, METRICS, FINAL, "recipe.toml", "indices.json")
-    for method in METHODS:
-        folder = out / method
-        if folder.is_symlink() or not folder.is_dir():
-            continue
-        for run in folder.iterdir():
-            if (re.fullmatch(r"seed-\d+", run.name) and run.is_dir() and not run.is_symlink()
-                    and any((run / f).exists() for f in run_files)):
-                with _training_lock(run):  # never from under a process that is training it
-                    pass  # released before deleting: Windows cannot delete a file that is open
-                shutil.rmtree(run)
+    folders = [out / m for m in METHODS if (out / m).is_dir() and not (out / m).is_symlink()]
+    runs = [run for folder in folders for run in sorted(folder.iterdir())
+            if re.fullmatch(r"seed-\d+", run.name) and run.is_dir() and not run.is_symlink()
+            and any((run / f).exists() for f in run_files)]
+    with contextlib.ExitStack() as locks:
+        for run in runs:
+            locks.enter_context(_training_lock(run))
+        if os.name == "nt":  # Windows cannot delete an open file: release first
+            locks.close()
+        for run in runs:
+            shutil.rmtree(run)
+    for folder in folders:
         with contextlib.suppress(OSError):
             folder.rmdir()  # only when nothing else is in it
 
@@ -470,11 +485,13 @@ def run_recipe(
         final = _finished(run_dir / FINAL, recipe.train.steps)
         if final is not None:
             finals[(method, seed)] = final
-            changes = _trained_otherwise(run_dir, recipe) if resume else None
+            changes = _trained_otherwise(run_dir, recipe)
             skip_notes[(method, seed)] = [] if changes is None else [
                 f"it was trained with another recipe ({changes}): kept as trained (its recipe.toml says how) and "
                 "counted in the summary; --force retrains every run with this recipe"]
-        else:
+        elif run_dir.is_dir():
+            with _training_lock(run_dir):  # one another process is training is refused before anything is claimed
+                pass
             data = {d: cache.domain(d, seed) for d in DOMAINS}
             if check_checkpoint(method, resolved, run_dir, data, seed):  # one that cannot resume fails here, not mid-study
                 _check_same_draw(run_dir, {d: data[d].indices for d in DOMAINS})

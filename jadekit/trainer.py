@@ -196,7 +196,7 @@ def build_checked_model(method: Method, resolved: Resolved) -> torch.nn.Module:
     except JadekitError:
         raise
     except Exception as e:  # a backbone bug must not surface as a traceback
-        if isinstance(e, MemoryError | torch.OutOfMemoryError) or "can't allocate memory" in str(e):
+        if isinstance(e, MemoryError | getattr(torch, "OutOfMemoryError", MemoryError)) or "can't allocate memory" in str(e):
             raise JadekitError(f"the '{method}' model is too large for this machine's memory: {first_line(e, 200)}",
                                hint="lower model.classifier_hidden or model.latent_dim, or the backbones' params "
                                     "(`jadekit describe` prints each module's parameter count).") from None

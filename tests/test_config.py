@@ -248,7 +248,7 @@ def test_seeds_and_output_dir_that_cannot_run_are_recipe_errors():
     with pytest.raises(RecipeError, match="experiment.seeds.0: Input should be less than 18446744073709551616"):
         load_recipe(SMOKE, ["experiment.seeds=[18446744073709551616]"])
     for empty in ('""', '"  "'):
-        with pytest.raises(RecipeError, match=r'experiment.output_dir: Value error, empty: name a folder \(use "\." for'):
+        with pytest.raises(RecipeError, match=r'experiment.output_dir: empty: name a folder \(use "\." for'):
             load_recipe(SMOKE, [f"experiment.output_dir={empty}"])
 
 

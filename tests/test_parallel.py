@@ -103,6 +103,14 @@ def test_ctrl_c_stops_every_worker_with_a_checkpoint_and_a_rerun_resumes_them(wr
     assert len(list(out.glob("jade/seed-*/final.json"))) == 2
 
 
+def running(pid: str) -> bool:
+    """Whether process `pid` exists and is not a zombie (its /proc/<id>/stat: "id (name) state ...")."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
 def children(pid: int) -> list[str]:
     """The process ids whose parent is `pid` (from /proc/<id>/stat: "id (name) state parent-id ...")."""
     found = []
@@ -154,12 +162,16 @@ def test_workers_of_a_killed_parent_checkpoint_and_exit_and_a_rerun_trains_each_
     workers = [pid for pid in children(proc.pid) if b"spawn_main" in Path(f"/proc/{pid}/cmdline").read_bytes()]
     assert len(workers) == 2
     proc.kill()
-    proc.communicate(timeout=60)
-    deadline = time.monotonic() + 60
-    while any(Path(f"/proc/{pid}").exists() and "Z" not in Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1][:3]
-              for pid in workers):
-        assert time.monotonic() < deadline, "the workers of the killed parent kept running"
-        time.sleep(0.1)
+    try:
+        proc.communicate(timeout=60)  # returns once the workers, which share its output pipe, have exited too
+        deadline = time.monotonic() + 30
+        while any(running(pid) for pid in workers):
+            assert time.monotonic() < deadline, "the workers of the killed parent kept running"
+            time.sleep(0.1)
+    finally:
+        for pid in workers:  # never leave them behind, whatever failed above
+            with contextlib.suppress(OSError):
+                os.kill(int(pid), signal.SIGKILL)
     result = run_cli(recipe, "--jobs", "2")
     assert result.exit_code == 0 and result.output.count("resuming at step") == 2, result.output
     for seed in (0, 1):
