@@ -157,10 +157,17 @@ def run(
 
     stop = StopOnSignal(lambda: err.print("[yellow]stopping after this step (Ctrl-C again to abort without a checkpoint)…[/]"))
 
-    def on_resume(method: str, seed: int, step: int, notes: list[str]) -> None:
+    def warn(notes: list[str]) -> None:
         for note in notes:
             err.print(f"[yellow]warning:[/] {escape(note)}", highlight=False, soft_wrap=True)
+
+    def on_resume(method: str, seed: int, step: int, notes: list[str]) -> None:
+        warn(notes)
         err.print(f"{method} seed {seed}: resuming at step {step}", highlight=False)
+
+    def on_skip(method: str, seed: int, final: dict, notes: list[str]) -> None:
+        err.print(f"{method} seed {seed}: finished earlier, skipped", highlight=False)
+        warn(notes)
 
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
                TimeElapsedColumn(), TimeRemainingColumn())
@@ -177,9 +184,7 @@ def run(
         events = RunEvents(
             callbacks_for=bars,
             on_resume=on_resume,
-            on_skip=lambda m, s, f, notes: progress.console.print(
-                f"{m} seed {s}: finished earlier, skipped" + "".join(f"\n[yellow]warning:[/] {escape(n)}" for n in notes),
-                highlight=False),
+            on_skip=on_skip,
             on_done=lambda m, s, f: progress.console.print(
                 f"{m} seed {s}: primary test error {f['primary_test_error']:.2f}%"
                 + (f", auxiliary {f['auxiliary_test_error']:.2f}%" if f["auxiliary_test_error"] is not None else "")

@@ -33,7 +33,7 @@ def brief(text: str, limit: int = 300) -> str:
     return (text[:cut] if cut > 0 else text[: limit - 1]).rstrip(" ,;:") + "…"
 
 
-def _file_in_the_way(path: Path) -> Path | None:
+def file_in_the_way(path: Path) -> Path | None:
     """`path`, or the nearest of its parents, when it exists and is not a directory."""
     for p in (path, *path.parents):
         if p.exists():
@@ -47,15 +47,14 @@ def refuse_file_as_output_dir(path: Path, option: str, hint: str) -> None:
     Raises:
         RunDirError: naming `option` (e.g. `--out`), what is wrong and `hint` (where else to write).
     """
-    blocker = _file_in_the_way(Path(path))
-    if blocker is not None:
+    if file_in_the_way(Path(path)) is not None:
         raise output_dir_error(path, option, hint)
 
 
 def output_dir_error(path: Path, option: str, hint: str, e: OSError | None = None) -> RunDirError:
     """The error for an output directory that cannot be written: a file in the way, or not writable (`e`)."""
     path = Path(path)
-    blocker = _file_in_the_way(path)
+    blocker = file_in_the_way(path)
     if blocker == path:
         what = "is a file, not a directory"
     elif blocker is not None:
@@ -143,8 +142,9 @@ def truncate_jsonl(path: Path, keep: Callable[[dict[str, Any]], bool]) -> tuple[
     if not path.exists():
         return 0, 0
     lines = [line for line in path.read_text(encoding="utf-8", errors="replace").splitlines() if line.strip()]
-    records = [r for r in map(_parsed, lines) if r is not None]
-    damaged = sum(_parsed(line) is None for line in lines[:-1])
+    parsed = [_parsed(line) for line in lines]
+    records = [r for r in parsed if r is not None]
+    damaged = sum(r is None for r in parsed[:-1])
     kept = [r for r in records if keep(r)]
     text = "".join(json.dumps(r, default=str) + "\n" for r in kept)
     if text.encode("utf-8") != path.read_bytes():

@@ -237,10 +237,9 @@ def _train(method: Method, seed: int) -> dict:
         return w["stop"].is_set() or w["stop_signal"].requested
 
     w["training"] = True  # before the stop check: `_exit_with_parent` then never exits mid-run
-    if stop_requested():
-        w["training"] = False
-        raise Interrupted(f"{method} seed {seed}: not started")
     try:
+        if stop_requested():
+            raise Interrupted(f"{method} seed {seed}: not started")
         return train_one(
             method, seed, w["resolved"], w["cache"], run_dir_for(recipe.experiment.output_dir, method, seed), w["device"],
             [_Forwarder(messages, method, seed, recipe.train.steps)], stop_requested,

@@ -34,7 +34,7 @@ from jadekit.errors import (
     RunDirError,
     TrainingDiverged,
 )
-from jadekit.io import atomic_write_json, atomic_write_text
+from jadekit.io import atomic_write_json, atomic_write_text, file_in_the_way
 from jadekit.provenance import versions
 from jadekit.summary import write_summary
 from jadekit.trainer import (
@@ -55,6 +55,7 @@ from jadekit.trainer import (
 )
 
 FINAL = "final.json"
+PROVENANCE = "provenance.json"
 TRAINING_LOCK = ".training.lock"  # held by the process training a run (0 bytes, left in place)
 
 
@@ -179,10 +180,10 @@ def evaluate_split(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, dom
 def _check_same_data(run_dir: Path, files: dict[str, dict]) -> None:
     """A resumed run must read the data files it started on: a file at the same path with another SHA-256 than its
     provenance.json records is refused (files it no longer reads, or a moved data root, are not compared)."""
+    recorded = _read_json_object(run_dir / PROVENANCE).get("data_files")
     try:
-        recorded = json.loads((run_dir / "provenance.json").read_text())["data_files"]
         before = {f: v["sha256"] for f, v in recorded.items()}
-    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+    except (KeyError, TypeError, AttributeError):
         return  # an older (provenance written at the end) or damaged run directory: nothing to compare with
     changed = sorted(Path(f).name for f in before.keys() & files.keys() if before[f] != files[f]["sha256"])
     if changed:
@@ -196,10 +197,10 @@ def _check_same_data(run_dir: Path, files: dict[str, dict]) -> None:
 def _where_it_ran_before(run_dir: Path, device: torch.device) -> list[str]:
     """A note when a run resumes on another device or CPU thread count than its provenance.json records: its float
     sums, hence the last bits of its weights, then differ from an uninterrupted run's (`--jobs` splits the threads)."""
+    before = _read_json_object(run_dir / PROVENANCE)
     try:
-        before = json.loads((run_dir / "provenance.json").read_text())
         was = (str(before["device"]), int(before["threads"]))
-    except (OSError, ValueError, KeyError, TypeError):
+    except (KeyError, TypeError, ValueError):
         return []
     now = (str(device), torch.get_num_threads())
     if device.type != "cpu" and was[0].split(":")[0] == device.type:  # another GPU index (--jobs spreads them): same
@@ -295,7 +296,7 @@ def _train(method: Method, seed: int, resolved: Resolved, cache: DataCache, run_
         "versions": versions(resolved),
         "data_files": cache.fingerprints(),
     }
-    atomic_write_json(run_dir / "provenance.json", provenance)  # from the start: a resume checks the data against it
+    atomic_write_json(run_dir / PROVENANCE, provenance)  # from the start: a resume checks the data against it
 
     p, a = data["primary"], data["auxiliary"]
 
@@ -358,9 +359,10 @@ def _train(method: Method, seed: int, resolved: Resolved, cache: DataCache, run_
     return final
 
 
-def _read_marker(marker: Path) -> dict:
+def _read_json_object(path: Path) -> dict:
+    """A JSON file's object, or {} when it is missing, unreadable or not an object."""
     try:
-        content = json.loads(marker.read_text())
+        content = json.loads(path.read_text())
     except (OSError, ValueError):
         return {}
     return content if isinstance(content, dict) else {}
@@ -375,13 +377,14 @@ def check_output_dir(recipe: Recipe, resume: bool, force: bool, claim: bool = Tr
     out = Path(recipe.experiment.output_dir)
     marker = out / "jadekit-output.json"
     fp = recipe_fingerprint(recipe)
-    if out.exists() and not out.is_dir():
+    blocker = file_in_the_way(out)
+    if blocker == out:
         raise RunDirError(f"output directory {out} is a file, not a directory", hint="pick another experiment.output_dir.")
-    if any(p.exists() and not p.is_dir() for p in out.parents):
+    if blocker is not None:
         raise RunDirError(f"cannot create output directory {out}: a parent path is a file, not a directory",
                           hint="pick another experiment.output_dir.")
     if marker.exists():
-        existing = _read_marker(marker)
+        existing = _read_json_object(marker)
         if not existing and not (resume or force):
             raise RunDirError(f"{marker} is damaged or unreadable (it names no recipe), so the recipe its runs belong to "
                               "is unknown",
@@ -480,20 +483,22 @@ def run_recipe(
     runs = [(method, seed) for method in recipe.experiment.methods for seed in recipe.experiment.seeds]
     finals: dict[tuple[Method, int], dict] = {}
     skip_notes: dict[tuple[Method, int], list[str]] = {}
+    as_recorded = _identity(Recipe.model_validate(run_recipe_dict(recipe)))  # data roots as run directories keep them
     for method, seed in runs if not force else ():  # --force discards every run when it claims the directory
         run_dir = run_dir_for(recipe.experiment.output_dir, method, seed)
         final = _finished(run_dir / FINAL, recipe.train.steps)
         if final is not None:
             finals[(method, seed)] = final
-            changes = _trained_otherwise(run_dir, recipe)
+            changes = _trained_otherwise(run_dir, as_recorded)
             skip_notes[(method, seed)] = [] if changes is None else [
                 f"it was trained with another recipe ({changes}): kept as trained (its recipe.toml says how) and "
                 "counted in the summary; --force retrains every run with this recipe"]
         elif run_dir.is_dir():
             with _training_lock(run_dir):  # one another process is training is refused before anything is claimed
                 pass
-            data = {d: cache.domain(d, seed) for d in DOMAINS}
-            if check_checkpoint(method, resolved, run_dir, data, seed):  # one that cannot resume fails here, not mid-study
+            if has_checkpoint(run_dir):  # one that cannot resume fails here, not mid-study
+                data = {d: cache.domain(d, seed) for d in DOMAINS}
+                check_checkpoint(method, resolved, run_dir, data, seed)
                 _check_same_draw(run_dir, {d: data[d].indices for d in DOMAINS})
                 _check_same_data(run_dir, cache.fingerprints())
     check_output_dir(recipe, resume, force)
@@ -520,15 +525,16 @@ def run_recipe(
     return ordered
 
 
-def _trained_otherwise(run_dir: Path, recipe: Recipe) -> str | None:
-    """What a finished run's own recipe.toml differs in from `recipe` ('train.lr 0.001 -> 0.01'), or None when it
-    is the same run (or its recipe.toml cannot be read: an older or damaged run directory)."""
+def _trained_otherwise(run_dir: Path, as_recorded: dict) -> str | None:
+    """What a finished run's own recipe.toml differs in from this recipe's identity `as_recorded` (data roots made
+    absolute, as a run directory keeps them): 'train.lr 0.001 -> 0.01', or None when it is the same run (or its
+    recipe.toml cannot be read: an older or damaged run directory)."""
     try:
         trained = Recipe.model_validate(tomllib.loads((run_dir / "recipe.toml").read_text(encoding="utf-8")))
     except (OSError, ValueError):  # TOMLDecodeError, pydantic's ValidationError and UnicodeDecodeError are ValueErrors
         return None
-    old, new = _identity(trained), _identity(Recipe.model_validate(run_recipe_dict(recipe)))  # data roots as recorded
-    return None if old == new else recipe_changes(old, new)
+    old = _identity(trained)
+    return None if old == as_recorded else recipe_changes(old, as_recorded)
 
 
 def _finished(path: Path, steps: int) -> dict | None:
