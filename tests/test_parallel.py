@@ -69,8 +69,18 @@ def test_a_failed_run_is_one_clear_message_and_keeps_its_checkpoint(two_seeds):
     assert not list(recipe.with_suffix("").glob("*/seed-*/final.json"))
 
 
+# Runs that cannot finish while a test waits for the second worker (which may start seconds after the first): the
+# tests stop them, then a rerun with `--resume --set train.steps=...` finishes them a few steps later.
+ENDLESS = 10**7
+
+
+def steps_to_finish(out: Path) -> int:
+    """A step budget just past the furthest checkpoint of the jade runs under `out`."""
+    return 5 + max(io.load_checkpoint(c)[0]["loop"]["step"] for c in out.glob("jade/seed-*/checkpoint.pt"))
+
+
 def start_two_jobs_until_both_checkpoint(recipe: Path, out: Path, start_new_session: bool = False) -> subprocess.Popen:
-    """Start `jadekit run RECIPE --jobs 2` (a jade-only recipe) and return once two runs wrote a checkpoint."""
+    """Start `jadekit run RECIPE --jobs 2` (a jade-only recipe of ENDLESS steps); return once two runs checkpointed."""
     proc = subprocess.Popen([JADEKIT, "run", str(recipe), "--jobs", "2"], start_new_session=start_new_session,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     deadline = time.monotonic() + 120
@@ -83,7 +93,7 @@ def start_two_jobs_until_both_checkpoint(recipe: Path, out: Path, start_new_sess
 
 def test_ctrl_c_stops_every_worker_with_a_checkpoint_and_a_rerun_resumes_them(write_tiny_recipe, tmp_path):
     recipe = write_tiny_recipe(tmp_path / "stopped.toml", tmp_path / "out", experiment={"methods": ["jade"], "seeds": [0, 1]},
-                               train={"steps": 60, "checkpoint_every": 5})
+                               train={"steps": ENDLESS, "checkpoint_every": 5})
     out = tmp_path / "out"
     # A terminal's Ctrl-C reaches the whole process group: the parent and its workers.
     proc = start_two_jobs_until_both_checkpoint(recipe, out, start_new_session=True)
@@ -94,10 +104,10 @@ def test_ctrl_c_stops_every_worker_with_a_checkpoint_and_a_rerun_resumes_them(wr
     assert output.count("checkpoint written to") == 2, output
     for seed in (0, 1):
         state, notes = io.load_checkpoint(out / "jade" / f"seed-{seed}" / "checkpoint.pt")
-        assert notes == [] and 5 <= state["loop"]["step"] < 60
+        assert notes == [] and state["loop"]["step"] >= 5
     assert not list(out.glob("jade/seed-*/final.json"))
 
-    result = run_cli(recipe, "--jobs", "2")
+    result = run_cli(recipe, "--jobs", "2", "--resume", "--set", f"train.steps={steps_to_finish(out)}")
     assert result.exit_code == 0, result.output
     assert result.output.count("resuming at step") == 2, result.output
     assert len(list(out.glob("jade/seed-*/final.json"))) == 2
@@ -124,7 +134,7 @@ def children(pid: int) -> list[str]:
 @pytest.mark.skipif(not Path("/proc/self/cmdline").exists(), reason="finds the worker processes through /proc")
 def test_a_signal_to_one_worker_stops_the_study_and_starts_no_more_runs(write_tiny_recipe, tmp_path):
     recipe = write_tiny_recipe(tmp_path / "one.toml", tmp_path / "out", experiment={"methods": ["jade"], "seeds": [0, 1, 2]},
-                               train={"steps": 60, "checkpoint_every": 5})
+                               train={"steps": ENDLESS, "checkpoint_every": 5})
     out = tmp_path / "out"
     proc = start_two_jobs_until_both_checkpoint(recipe, out)
     workers = [pid for pid in children(proc.pid) if b"spawn_main" in Path(f"/proc/{pid}/cmdline").read_bytes()]
@@ -139,7 +149,7 @@ def test_a_signal_to_one_worker_stops_the_study_and_starts_no_more_runs(write_ti
 @pytest.mark.skipif(not Path("/proc/self/cmdline").exists(), reason="finds the worker processes through /proc")
 def test_a_worker_killed_by_the_system_is_one_message_and_checkpoints_stay(write_tiny_recipe, tmp_path):
     recipe = write_tiny_recipe(tmp_path / "killed.toml", tmp_path / "out", experiment={"methods": ["jade"], "seeds": [0, 1]},
-                               train={"steps": 200, "checkpoint_every": 5})
+                               train={"steps": ENDLESS, "checkpoint_every": 5})
     out = tmp_path / "out"
     proc = start_two_jobs_until_both_checkpoint(recipe, out)
     workers = [pid for pid in children(proc.pid) if b"spawn_main" in Path(f"/proc/{pid}/cmdline").read_bytes()]
@@ -156,7 +166,7 @@ def test_workers_of_a_killed_parent_checkpoint_and_exit_and_a_rerun_trains_each_
     """SIGKILL to `jadekit run --jobs 2` itself: its workers stop at their next step with a checkpoint and exit (they
     trained on beside the rerun, writing every step twice); the rerun resumes both runs."""
     recipe = write_tiny_recipe(tmp_path / "orphans.toml", tmp_path / "out", experiment={"methods": ["jade"], "seeds": [0, 1]},
-                               train={"steps": 200, "checkpoint_every": 5})
+                               train={"steps": ENDLESS, "checkpoint_every": 5})
     out = tmp_path / "out"
     proc = start_two_jobs_until_both_checkpoint(recipe, out)
     workers = [pid for pid in children(proc.pid) if b"spawn_main" in Path(f"/proc/{pid}/cmdline").read_bytes()]
@@ -172,11 +182,12 @@ def test_workers_of_a_killed_parent_checkpoint_and_exit_and_a_rerun_trains_each_
         for pid in workers:  # never leave them behind, whatever failed above
             with contextlib.suppress(OSError):
                 os.kill(int(pid), signal.SIGKILL)
-    result = run_cli(recipe, "--jobs", "2")
+    steps = steps_to_finish(out)
+    result = run_cli(recipe, "--jobs", "2", "--resume", "--set", f"train.steps={steps}")
     assert result.exit_code == 0 and result.output.count("resuming at step") == 2, result.output
     for seed in (0, 1):
-        steps = [r["step"] for r in io.read_jsonl(out / "jade" / f"seed-{seed}" / "metrics.jsonl") if r["kind"] == "train"]
-        assert steps == list(range(1, 201))
+        trained = [r["step"] for r in io.read_jsonl(out / "jade" / f"seed-{seed}" / "metrics.jsonl") if r["kind"] == "train"]
+        assert trained == list(range(1, steps + 1))
 
 
 def test_worker_devices_spread_a_plain_cuda_over_every_gpu(monkeypatch):
