@@ -34,7 +34,7 @@ from jadekit.errors import (
     RunDirError,
     TrainingDiverged,
 )
-from jadekit.io import atomic_write_json, atomic_write_text, file_in_the_way
+from jadekit.io import atomic_write_json, atomic_write_text, refuse_file_as_output_dir
 from jadekit.provenance import versions
 from jadekit.summary import write_summary
 from jadekit.trainer import (
@@ -377,12 +377,7 @@ def check_output_dir(recipe: Recipe, resume: bool, force: bool, claim: bool = Tr
     out = Path(recipe.experiment.output_dir)
     marker = out / "jadekit-output.json"
     fp = recipe_fingerprint(recipe)
-    blocker = file_in_the_way(out)
-    if blocker == out:
-        raise RunDirError(f"output directory {out} is a file, not a directory", hint="pick another experiment.output_dir.")
-    if blocker is not None:
-        raise RunDirError(f"cannot create output directory {out}: a parent path is a file, not a directory",
-                          hint="pick another experiment.output_dir.")
+    refuse_file_as_output_dir(out, "experiment.output_dir", "pick another experiment.output_dir.")
     if marker.exists():
         existing = _read_json_object(marker)
         if not existing and not (resume or force):
