@@ -428,7 +428,8 @@ def evaluate_output_dir(out_dir: Path, title: str | None = None, include_unfinis
         records.append(score_run(run, **data))
     if not records:
         raise RunDirError(f"every run under {out_dir} is unfinished: {', '.join(progress_note(w) for w in unfinished)}",
-                          hint="finish them with `jadekit run RECIPE --resume`, or pass --include-unfinished "
+                          hint="finish them by running the same `jadekit run RECIPE` again (add --resume if the recipe changed), or "
+                               "pass --include-unfinished "
                                "(runs without a checkpoint have nothing to evaluate).")
     dataset, split = data.get("dataset"), data.get("split", "test")
     md_path = _record_path(out_dir, f"summary-{dataset or OWN}", split, ".md")

@@ -489,8 +489,9 @@ def run_recipe(
                 f"it was trained with another recipe ({changes}): kept as trained (its recipe.toml says how) and "
                 "counted in the summary; --force retrains every run with this recipe"]
         elif run_dir.is_dir():
-            with _training_lock(run_dir):  # one another process is training is refused before anything is claimed
-                pass
+            if (run_dir / TRAINING_LOCK).exists():  # absent: nobody trains it (and the probe adds no file)
+                with _training_lock(run_dir):  # one another process is training is refused before anything is claimed
+                    pass
             if has_checkpoint(run_dir):  # one that cannot resume fails here, not mid-study
                 data = {d: cache.domain(d, seed) for d in DOMAINS}
                 check_checkpoint(method, resolved, run_dir, data, seed)

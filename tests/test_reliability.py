@@ -190,6 +190,21 @@ def test_a_run_being_trained_by_another_process_is_refused(tmp_path, write_recip
     assert released.exit_code == 0 and "resuming at step 6" in released.output
 
 
+def test_a_refused_rerun_adds_no_lock_file(tmp_path, write_recipe):
+    """The probe for another process training a run leaves no `.training.lock` in a directory that had none: a
+    refused rerun changes no file."""
+    recipe = write_recipe(tmp_path, steps=6)
+    run_dir = tmp_path / RUN_DIR
+    with contextlib.chdir(tmp_path):
+        assert run_cli(["run", str(recipe)]).exit_code == 0
+        (run_dir / "final.json").unlink()
+        (run_dir / ".training.lock").unlink()  # as a run trained by a version without the lock, or copied elsewhere
+        before = sorted(p.relative_to(tmp_path) for p in (tmp_path / "out").rglob("*"))
+        refused = run_cli(["run", str(recipe), "--resume", "--set", "model.classifier_hidden=[64]"])
+    assert refused.exit_code == 2 and "does not fit this recipe" in refused.output, refused.output
+    assert sorted(p.relative_to(tmp_path) for p in (tmp_path / "out").rglob("*")) == before
+
+
 def test_a_stop_asked_between_runs_starts_no_further_run(tmp_path, write_recipe):
     """Ctrl-C while a run is scored on the test sets (after its last step): that run finishes, the next does not
     start (it used to start, checkpoint at its first step and stop there)."""
