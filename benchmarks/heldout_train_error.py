@@ -27,25 +27,26 @@ from jadekit.runner import DataCache
 _CACHES: dict[str, DataCache] = {}  # one per data table, so runs of the same data load it once
 
 
-def unseen_images(run: LoadedRun, domain: str, drawn: dict[str, list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Training images of `domain` outside the run's drawn train + validation indices."""
+def unseen_images(run: LoadedRun, domain: str, drawn: dict[str, list[int]],
+                  limit: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Training images of `domain` outside the run's drawn train + validation indices (the first `limit` of them)."""
     key = json.dumps([domain, getattr(run.resolved.recipe, domain).model_dump(mode="json")], sort_keys=True)
     data = _CACHES.setdefault(key, DataCache(run.resolved)).split(domain, "train")
     unseen = torch.ones(len(data.labels), dtype=torch.bool)
     unseen[torch.tensor(drawn["train"] + drawn["val"], dtype=torch.long)] = False
-    return data.images[unseen], data.labels[unseen]
+    return data.images[unseen][:limit], data.labels[unseen][:limit]
 
 
 def error(run: LoadedRun, images: torch.Tensor, labels: torch.Tensor, domain: str) -> float:
     return classification_metrics(predict_logits(run.model, images, domain), labels)["error"]
 
 
-def score_run(run_dir: Path, device: str = "cpu") -> dict[str, float]:
+def score_run(run_dir: Path, device: str = "cpu", limit: int | None = None) -> dict[str, float]:
     """Unseen-image error (%) of the kept and of the last weights, per domain the model has."""
     run = load_run(run_dir, device=device)
     drawn = json.loads((run_dir / "indices.json").read_text())
     domains = ("primary", "auxiliary") if run.model.uses_auxiliary else ("primary",)
-    sets = {d: tuple(t.to(device) for t in unseen_images(run, d, drawn[d])) for d in domains}
+    sets = {d: tuple(t.to(device) for t in unseen_images(run, d, drawn[d], limit)) for d in domains}
     scores = {f"{d}_kept": error(run, *sets[d], d) for d in domains}
     state, _ = load_checkpoint(run_dir / "checkpoint.pt")
     run.model.load_state_dict(state["model"])  # the last step's weights
@@ -57,6 +58,8 @@ def main() -> None:
     parser.add_argument("dirs", nargs="+", type=Path, help="output directories (<dir>/<method>/seed-<n>/)")
     parser.add_argument("--device", default="cpu", help="device to score on (cpu, cuda)")
     parser.add_argument("--json", type=Path, help="also write every run's scores to this JSON file")
+    parser.add_argument("--limit", type=int, help="score only the first N unseen images of each dataset (a quick look; "
+                                                  "the recorded numbers score all of them)")
     args = parser.parse_args()
     all_rows: list[dict] = []
     for out_dir in args.dirs:
@@ -65,7 +68,7 @@ def main() -> None:
             if not (run_dir / "final.json").exists():
                 continue  # unfinished
             final = json.loads((run_dir / "final.json").read_text())
-            scores = score_run(run_dir, args.device)
+            scores = score_run(run_dir, args.device, args.limit)
             by_method.setdefault(final["method"], []).append(scores)
             all_rows.append({"run": str(run_dir), "method": final["method"], "seed": final["seed"]} | scores)
             print(f"{run_dir}  kept step {final['best_step']}: " + "  ".join(f"{k} {v:.2f}" for k, v in scores.items()))

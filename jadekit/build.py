@@ -26,7 +26,7 @@ from jadekit.config import (
 )
 from jadekit.data.base import DatasetAdapter, DatasetInfo
 from jadekit.engine.models import Classifier, Jade, PairedClassifier, SingleClassifier
-from jadekit.errors import JadekitError, RecipeError
+from jadekit.errors import JadekitError, RecipeError, raised_in
 
 DOMAINS = ("primary", "auxiliary")
 
@@ -65,19 +65,22 @@ def _params(model: type[BaseModel], raw: dict[str, Any], path: str, problems: li
         return None
 
 
-def _load(reg: registry.Registry, name: str, path: str, problems: list[str]) -> Any:
+def _load(reg: registry.Registry, name: str, path: str, problems: list[str], causes: list[Exception]) -> Any:
     try:
         return reg.load(name)
     except JadekitError as e:
         problems.append(f"{path}: {e}")
+        if e.__cause__ is not None:  # a plugin that fails to import: its traceback under JADEKIT_DEBUG
+            causes.append(e)
         return None
 
 
-def _domain(domain: str, data: DataConfig, model: ModelConfig, problems: list[str]) -> DomainSpec | None:
-    adapter = _load(registry.datasets, data.dataset, f"{domain}.dataset", problems)
+def _domain(domain: str, data: DataConfig, model: ModelConfig, problems: list[str],
+            causes: list[Exception]) -> DomainSpec | None:
+    adapter = _load(registry.datasets, data.dataset, f"{domain}.dataset", problems, causes)
     bb_cfg = model.primary_backbone if domain == "primary" else model.auxiliary_backbone
     bb_path = f"model.{domain}_backbone"
-    backbone = _load(registry.backbones, bb_cfg.name, f"{bb_path}.name", problems)
+    backbone = _load(registry.backbones, bb_cfg.name, f"{bb_path}.name", problems, causes)
     params = _params(adapter.Params, data.params, f"{domain}.params", problems) if adapter else None
     bb_params = _params(backbone.Params, bb_cfg.params, f"{bb_path}.params", problems) if backbone else None
     if params is None or bb_params is None:
@@ -85,7 +88,8 @@ def _domain(domain: str, data: DataConfig, model: ModelConfig, problems: list[st
     try:
         info = adapter.info(params)
     except Exception as e:
-        problems.append(f"{domain}.dataset: '{data.dataset}' failed to describe itself: {e}")
+        problems.append(f"{domain}.dataset: '{data.dataset}' failed to describe itself: {e}{raised_in(e, adapter)}")
+        causes.append(e)  # a plugin's own bug: its traceback under JADEKIT_DEBUG
         return None
     if data.resize is not None:
         info = DatasetInfo(info.class_names, (info.image_shape[0], *data.resize))
@@ -95,7 +99,8 @@ def _domain(domain: str, data: DataConfig, model: ModelConfig, problems: list[st
 def resolve(recipe: Recipe, source: str | None = None) -> Resolved:
     """Resolve every plugin name and validate every plugin table, reporting all problems at once."""
     problems: list[str] = []
-    specs = {d: _domain(d, getattr(recipe, d), recipe.model, problems) for d in DOMAINS}
+    causes: list[Exception] = []
+    specs = {d: _domain(d, getattr(recipe, d), recipe.model, problems, causes) for d in DOMAINS}
     p, a = specs["primary"], specs["auxiliary"]
     if p and a and p.info.class_names != a.info.class_names:
         problems.append(
@@ -104,7 +109,7 @@ def resolve(recipe: Recipe, source: str | None = None) -> Resolved:
             "(fix: set both datasets' class lists, e.g. a `classes` param, to the same names in the same order)"
         )
     if problems:
-        raise RecipeError(problems, source=source)
+        raise RecipeError(problems, source=source) from (causes[0] if causes else None)
     return Resolved(recipe, p, a)
 
 

@@ -6,6 +6,7 @@ import contextlib
 import json
 import os
 import signal
+import traceback
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated
@@ -37,6 +38,10 @@ def _say(message: str, hint: str | None) -> None:
         err.print(f"[bold]fix:[/] {hint}", highlight=False, soft_wrap=True)
 
 
+def _debugging() -> bool:
+    return os.environ.get(DEBUG_ENV, "") not in ("", "0")
+
+
 INTERRUPTED = ("interrupted by Ctrl-C", "run the command again.")
 RUN_ABORTED = ("aborted by Ctrl-C without writing a checkpoint",
                "any earlier checkpoint is kept; run the same command again to continue from it "
@@ -54,6 +59,8 @@ def user_errors(interrupted: tuple[str, str] = INTERRUPTED) -> Iterator[None]:
     try:
         yield
     except JadekitError as e:
+        if _debugging():  # e.g. a plugin's own bug behind "failed to load": its traceback, then the message
+            traceback.print_exception(e)
         _say(escape(e.message), escape(e.hint) if e.hint else None)
         raise typer.Exit(e.exit_code) from None
     except KeyboardInterrupt:
@@ -67,7 +74,7 @@ def user_errors(interrupted: tuple[str, str] = INTERRUPTED) -> Iterator[None]:
     except (typer.Exit, typer.Abort):  # recent typer (0.29 here) vendors its own click: name typer's classes
         raise
     except Exception as e:  # a bug in jadekit or in a plugin: say so briefly, keep the traceback for debugging
-        if os.environ.get(DEBUG_ENV, "") not in ("", "0"):
+        if _debugging():
             raise
         _say(escape(f"unexpected {type(e).__name__}: {first_line(e)}"),
              f"this is a bug in jadekit or a plugin; rerun with {DEBUG_ENV}=1 to see the traceback and report it.")

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import sys
+import traceback
+from pathlib import Path
+
 
 class JadekitError(Exception):
     """Base of every error jadekit reports without a traceback.
@@ -32,6 +36,22 @@ def first_line(e: BaseException, limit: int = 300) -> str:
     """The first line of an exception's message, cut to `limit` characters ("(no message)" if it has none)."""
     text = str(e).strip()
     return text.splitlines()[0][:limit] if text else "(no message)"
+
+
+def raised_in(e: BaseException, *owners: object) -> str:
+    """`" (at FILE:LINE)"`: the innermost line of `e`'s traceback inside the package of one of `owners` (a plugin's
+    adapter or backbone), so a plugin's author finds their failing line without a traceback; "" when none is there."""
+    roots = []
+    for owner in owners:
+        module = sys.modules.get((getattr(owner, "__module__", None) or type(owner).__module__).split(".")[0])
+        if getattr(module, "__file__", None):
+            file = Path(module.__file__).resolve()
+            roots.append(file.parent if file.name == "__init__.py" else file)
+    for frame in reversed(traceback.extract_tb(e.__traceback__)):
+        file = Path(frame.filename).resolve()
+        if any(file == root or file.is_relative_to(root) for root in roots):
+            return f" (at {frame.filename}:{frame.lineno})"
+    return ""
 
 
 RESUME_HINT = "run the same command again to continue from the checkpoints (add --resume if you change the recipe)."

@@ -28,7 +28,7 @@ from jadekit.config import (
 from jadekit.data.base import ImageSet, Split
 from jadekit.data.prepare import fingerprint, load_split
 from jadekit.engine.evaluate import predict_logits, to_float
-from jadekit.errors import DataError, RecipeError, RunDirError, first_line
+from jadekit.errors import DataError, MissingFilesError, RecipeError, RunDirError, first_line, raised_in
 from jadekit.io import atomic_write_json, atomic_write_text, brief, load_checkpoint
 from jadekit.metrics import classification_report, group_report
 from jadekit.summary import fmt, mean_std, method_order, seed_differences, summarize, to_markdown
@@ -193,9 +193,9 @@ def own_test_sets(run: LoadedRun) -> list[EvalSet]:
     return sets
 
 
-def dataset_params(adapter, items: list[str] | None) -> BaseModel:
-    """Validate `key=value` items (TOML values, dotted keys nest) against an adapter's own params model."""
-    raw = apply_overrides({}, items or [], option="--param")
+def dataset_params(adapter, items: list[str] | None, base: dict | None = None) -> BaseModel:
+    """Validate `key=value` items (TOML values, dotted keys nest), over `base`, against an adapter's own params model."""
+    raw = apply_overrides(base or {}, items or [], option="--param")
     try:
         return adapter.Params.model_validate(raw)
     except ValidationError as e:
@@ -204,7 +204,8 @@ def dataset_params(adapter, items: list[str] | None) -> BaseModel:
 
 def external_set(run: LoadedRun, name: str, root: Path | None = None, split: Split = "test", domain: str = "primary",
                  resize: bool = False, params: list[str] | None = None) -> EvalSet:
-    """A split of any registered dataset, checked against the trained encoder of `domain`.
+    """A split of any registered dataset, checked against the trained encoder of `domain`. The dataset the run trained
+    that encoder on starts from the run's own params and data root (`params` and `root` override them).
 
     Raises:
         DataError: its classes differ from the run's, or its image shape does not fit the encoder
@@ -213,11 +214,14 @@ def external_set(run: LoadedRun, name: str, root: Path | None = None, split: Spl
     if domain not in DOMAINS or (domain == "auxiliary" and not run.model.uses_auxiliary):
         raise DataError(f"the {run.method} model has no {domain} encoder", hint="use --domain primary.")
     adapter = registry.datasets.load(name)
-    p = dataset_params(adapter, params)
+    trained_on = getattr(run.resolved.recipe, domain)
+    own = name == trained_on.dataset
+    p = dataset_params(adapter, params, trained_on.params if own else None)
+    root = root if root is not None or not own else trained_on.root
     try:
         info = adapter.info(p)
     except Exception as e:  # a plugin bug must not surface as a traceback
-        raise DataError(f"dataset '{name}' failed to describe itself: {type(e).__name__}: {e}") from None
+        raise DataError(f"dataset '{name}' failed to describe itself: {type(e).__name__}: {e}{raised_in(e, adapter)}") from e
     if info.class_names != run.resolved.class_names:
         raise DataError(f"dataset '{name}' has classes {list(info.class_names)}, but the run was trained on "
                         f"{list(run.resolved.class_names)}; classes must match in number and order",
@@ -236,7 +240,15 @@ def external_set(run: LoadedRun, name: str, root: Path | None = None, split: Spl
         raise DataError(f"dataset '{name}' has images of shape {have}, but the {domain} encoder was trained on {want}",
                         hint=f"pass --resize to resize them to {want[1]}x{want[2]} (bilinear, antialiased).")
     cfg = DataConfig(dataset=name, root=root, download=False, resize=want[1:] if have != want else None)
-    return EvalSet(name, split, domain, load_split(name, adapter, p, cfg, split, want), p, cfg)
+    try:
+        data = load_split(name, adapter, p, cfg, split, want)
+    except DataError as e:  # the recipe's fixes (a `root`, `download = true`) are not eval's
+        where = (f"`jadekit eval` reads --dataset from --root (here {cfg.data_root()}) and never downloads; "
+                 f"`jadekit plugins check {name} --root DIR --download` fetches what a dataset can download.")
+        missing = isinstance(e, MissingFilesError)
+        raise DataError(e.message, hint=f"pass --root DIR, the folder that holds them: {where}" if missing else
+                        f"{e.hint} ({where})" if e.hint else where) from e
+    return EvalSet(name, split, domain, data, p, cfg)
 
 
 def data_record(s: EvalSet) -> dict:

@@ -118,7 +118,7 @@ class Registry(Generic[T]):
             raise PluginError(
                 f"{self.kind} '{name}' from {info.provider} failed to import: {type(e).__name__}: {e}",
                 hint=f"reinstall or fix {info.distribution}, or pick another {self.kind}.",
-            ) from None
+            ) from e
         if isinstance(obj, type):  # classes are instantiated without arguments
             try:
                 obj = obj()
@@ -126,7 +126,7 @@ class Registry(Generic[T]):
                 raise PluginError(
                     f"{self.kind} '{name}' from {info.provider} cannot be instantiated: {e}",
                     hint=f"a plugin class must build with no arguments; fix {info.distribution}, or make its entry point an instance.",
-                ) from None
+                ) from e
         problems = self._check(obj)
         if problems:
             raise PluginError(

@@ -21,7 +21,7 @@ from jadekit.engine.augment import random_rotate_scale, random_shift
 from jadekit.engine.evaluate import predict_logits, to_float
 from jadekit.engine.loop import Callback, LoopState
 from jadekit.engine.models import Batch, LossWeights
-from jadekit.errors import JadekitError, PluginError, RunDirError, first_line
+from jadekit.errors import JadekitError, PluginError, RunDirError, first_line, raised_in
 from jadekit.io import append_jsonl, brief, load_checkpoint, save_checkpoint, truncate_jsonl
 
 CHECKPOINT = "checkpoint.pt"
@@ -200,8 +200,9 @@ def build_checked_model(method: Method, resolved: Resolved) -> torch.nn.Module:
             raise JadekitError(f"the '{method}' model is too large for this machine's memory: {first_line(e, 200)}",
                                hint="lower model.classifier_hidden or model.latent_dim, or the backbones' params "
                                     "(`jadekit describe` prints each module's parameter count).") from None
-        raise PluginError(f"building the '{method}' model failed in {names}: {type(e).__name__}: {e}",
-                          hint="check model.*_backbone params, or fix the backbone plugin.") from None
+        where = raised_in(e, resolved.primary.backbone, resolved.auxiliary.backbone)
+        raise PluginError(f"building the '{method}' model failed in {names}: {type(e).__name__}: {e}{where}",
+                          hint="check model.*_backbone params, or fix the backbone plugin.") from e
     # nn.Module keeps non-module attributes in __dict__: a backbone that returned e.g. None or a tensor lands there.
     parts = ("primary_encoder", "auxiliary_encoder", "primary_decoder", "auxiliary_decoder")
     wrong = [f"{n} is {type(m).__name__}" for n, m in vars(model).items() if n in parts]
@@ -231,9 +232,9 @@ def probe_model(method: Method, model: torch.nn.Module, data: dict[str, DomainDa
     except Exception as e:
         raise PluginError(
             f"{what} cannot process primary images {tuple(p.train_x.shape[1:])} / auxiliary images {tuple(a.train_x.shape[1:])}: "
-            f"{type(e).__name__}: {brief(str(e), 300)}",
+            f"{type(e).__name__}: {brief(str(e), 300)}{raised_in(e, resolved.primary.backbone, resolved.auxiliary.backbone)}",
             hint="pick a backbone that accepts this image size, set `resize` in the data table, or fix the backbone plugin.",
-        ) from None
+        ) from e
     if not isinstance(terms, dict) or not isinstance(terms.get("total"), torch.Tensor) or terms["total"].numel() != 1:
         raise PluginError(f"{what} returned loss terms without a scalar 'total'", hint="fix the backbone plugin.")
     if tuple(logits.shape) != (n, len(resolved.class_names)):

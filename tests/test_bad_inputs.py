@@ -363,6 +363,38 @@ def test_bad_input(tmp_path, data_root, monkeypatch, name, setup, phrase, code):
     assert not [k for k in after if k not in before and not k.startswith("out/jade/seed-0")], after.keys() - before.keys()
 
 
+def _line_of(text: str, code: str) -> int:
+    return next(i for i, line in enumerate(text.splitlines(), 1) if code in line)
+
+
+@pytest.mark.parametrize("override, raising_line", [
+    (("primary.dataset", '"raises-on-load"'), 'raise RuntimeError("plugin bug: index out of range")'),
+    (("primary.dataset", '"info-raises"'), 'raise ValueError("cannot describe")'),
+    (("model.primary_backbone", '{ name = "encoder-raises" }'), 'raise ZeroDivisionError("plugin bug")'),
+])
+def test_a_plugin_bug_is_named_by_its_own_file_and_line(tmp_path, data_root, plugin_dir, monkeypatch, override,
+                                                        raising_line):
+    """A plugin's author finds the failing line from the message alone, and JADEKIT_DEBUG=1 adds the traceback."""
+    recipe = tmp_path / "recipe.toml"
+    recipe.write_text(GOOD.format(out=(tmp_path / "out").as_posix(), root=data_root.as_posix()))
+    args = ["check" if "info" in override[1] else "run", str(recipe), "--set", "=".join(override)]
+    at = f"(at {plugin_dir / 'jk_fake_plugins.py'}:{_line_of(FAKE_PLUGINS, raising_line)})"
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 2 and at in " ".join(result.output.split()), result.output
+    assert "Traceback" not in result.output
+    monkeypatch.setenv("JADEKIT_DEBUG", "1")
+    debug = CliRunner().invoke(app, args)
+    assert debug.exit_code == 2 and "Traceback" in debug.output and raising_line in debug.output, debug.output
+
+
+def test_debug_shows_the_traceback_of_a_plugin_that_fails_to_import(tmp_path, data_root, monkeypatch):
+    recipe = tmp_path / "recipe.toml"
+    recipe.write_text(GOOD.format(out=(tmp_path / "out").as_posix(), root=data_root.as_posix()))
+    monkeypatch.setenv("JADEKIT_DEBUG", "1")
+    result = CliRunner().invoke(app, ["check", str(recipe), "--set", 'primary.dataset="broken"'])
+    assert result.exit_code == 2 and 'jk_fake_broken.py", line 1' in result.output, result.output
+
+
 def test_catalogue_is_big_enough():
     assert len(CASES) >= 40
 

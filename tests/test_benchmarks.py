@@ -62,7 +62,7 @@ def test_protocol_script_trains_every_seed_and_method_and_writes_each_budget_sum
     assert figure.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     scores = tmp_path / "heldout.json"
     heldout = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "heldout_train_error.py"),
-                              str(tmp_path / "usps_mnist_10"), "--json", str(scores)],
+                              str(tmp_path / "usps_mnist_10"), "--json", str(scores), "--limit", "2000"],
                              capture_output=True, text=True, env=env, timeout=300)
     assert heldout.returncode == 0, heldout.stderr[-2000:]
     rows = json.loads(scores.read_text())

@@ -15,6 +15,7 @@ from typer.testing import CliRunner
 from jadekit import registry
 from jadekit.cli import app
 from jadekit.data.base import DatasetInfo, ImageSet, NoParams
+from jadekit.errors import DataError
 
 runner = CliRunner()
 
@@ -442,3 +443,40 @@ def test_a_run_with_a_relative_data_root_is_evaluated_from_anywhere(write_tiny_r
     result = eval_json(str(run))
     final = json.loads((run / "final.json").read_text())
     assert result["results"][0]["error"] == pytest.approx(final["primary_test_error"])
+
+
+def test_the_dataset_a_run_trained_on_starts_from_the_runs_own_root_and_params(trained, bar_data_root, tmp_path,
+                                                                               monkeypatch):
+    """`--dataset` naming the dataset the encoder was trained on (say, another variant of it: `--param noise=80`) reads
+    from the run's data root and starts from the recipe's params; another dataset starts from its own defaults."""
+    from jadekit.evaluation import external_set, load_run
+
+    monkeypatch.setenv("JADEKIT_DATA", str(tmp_path / "nothing-here"))
+    run = trained / "single" / "seed-0"
+    record = eval_json(str(run), "--dataset", "usps")["results"][0]  # no --root: the run's own, not $JADEKIT_DATA
+    assert record["data"]["root"] == str(bar_data_root.resolve()) and record["n"] == 40
+
+    usps = registry.datasets.load("usps")
+
+    class Shift(BaseModel):
+        shift: int = 0
+        other: int = 0
+
+    class Variants:  # usps with a parameter, as a plugin's dataset has
+        Params = Shift
+
+        def info(self, params):
+            return usps.info(usps.Params())
+
+        def load(self, root, split, params, download):
+            return usps.load(root, split, usps.Params(), download)
+
+    real_load = registry.datasets.load
+    monkeypatch.setattr(registry.datasets, "load", lambda name: Variants() if name in ("usps", "variants") else real_load(name))
+    loaded = load_run(run, overrides=["primary.params.shift=3", "primary.params.other=1"])
+    assert external_set(loaded, "usps").params == Shift(shift=3, other=1)
+    assert external_set(loaded, "usps", params=["shift=5"]).params == Shift(shift=5, other=1)
+    assert external_set(loaded, "variants", root=bar_data_root).params == Shift()
+    with pytest.raises(DataError, match="not found") as err:
+        external_set(loaded, "variants")  # another dataset: $JADEKIT_DATA, where nothing is
+    assert err.value.hint.startswith("pass --root DIR") and "recipe" not in err.value.hint
