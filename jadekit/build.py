@@ -20,6 +20,7 @@ from jadekit.config import (
     Recipe,
     apply_overrides,
     format_validation_error,
+    known_parameters,
     read_toml,
     recipe_from_dict,
     recipe_source,
@@ -57,11 +58,12 @@ class Resolved:
         return self.primary.info.class_names
 
 
-def _params(model: type[BaseModel], raw: dict[str, Any], path: str, problems: list[str]) -> BaseModel | None:
+def _params(model: type[BaseModel], raw: dict[str, Any], path: str, owner: str, problems: list[str]) -> BaseModel | None:
     try:
         return model.model_validate(raw)
     except ValidationError as e:
-        problems.extend(format_validation_error(e, prefix=path))
+        unknown = f"unknown parameter of '{owner}' ({known_parameters(model)})"
+        problems.extend(format_validation_error(e, prefix=path, unknown=unknown))
         return None
 
 
@@ -81,8 +83,8 @@ def _domain(domain: str, data: DataConfig, model: ModelConfig, problems: list[st
     bb_cfg = model.primary_backbone if domain == "primary" else model.auxiliary_backbone
     bb_path = f"model.{domain}_backbone"
     backbone = _load(registry.backbones, bb_cfg.name, f"{bb_path}.name", problems, causes)
-    params = _params(adapter.Params, data.params, f"{domain}.params", problems) if adapter else None
-    bb_params = _params(backbone.Params, bb_cfg.params, f"{bb_path}.params", problems) if backbone else None
+    params = _params(adapter.Params, data.params, f"{domain}.params", data.dataset, problems) if adapter else None
+    bb_params = _params(backbone.Params, bb_cfg.params, f"{bb_path}.params", bb_cfg.name, problems) if backbone else None
     if params is None or bb_params is None:
         return None
     try:

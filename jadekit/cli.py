@@ -15,7 +15,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
-from rich.table import Table
+from rich.table import Column, Table
 
 from jadekit.errors import JadekitError, first_line
 
@@ -176,8 +176,13 @@ def run(
         err.print(f"{method} seed {seed}: finished earlier, skipped", highlight=False)
         warn(notes)
 
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
-               TimeElapsedColumn(), TimeRemainingColumn())
+    def kept(width: int) -> Column:  # never cut: on a narrow terminal the bar goes first, then the end of the loss text
+        return Column(no_wrap=True, min_width=width)
+
+    columns = (TextColumn("{task.description}", table_column=kept(14)),
+               BarColumn(bar_width=None, table_column=Column(ratio=1)), MofNCompleteColumn(table_column=kept(11)),
+               TimeElapsedColumn(table_column=kept(7)), TimeRemainingColumn(table_column=kept(7)),
+               TextColumn("{task.fields[info]}", table_column=Column(ratio=3, no_wrap=True)))
     with user_errors(RUN_ABORTED):
         resolved = _load(recipe, set_)
         previous = {s: signal.signal(s, stop) for s in STOP_SIGNALS}

@@ -232,11 +232,12 @@ def _toml_repr(value: Any) -> str:
     return "a table" if isinstance(value, dict) else "a list" if isinstance(value, list | tuple) else type(value).__name__
 
 
-def format_validation_error(err: ValidationError, prefix: str = "") -> list[str]:
+def format_validation_error(err: ValidationError, prefix: str = "", unknown: str | None = None) -> list[str]:
     """Render pydantic errors as `key.path: message` lines (type errors say what was given and what to write).
 
     prefix: a recipe table the keys sit in (`model.primary_backbone.params`), or a CLI option that passed them
     (`--param`: lines then read `--param key: ...`, and an unknown key is an unknown parameter of a plugin).
+    unknown: what to say of an unknown key instead (a plugin's params table: the parameters it has).
     """
     option = prefix.startswith("--")
     lines = []
@@ -245,7 +246,7 @@ def format_validation_error(err: ValidationError, prefix: str = "") -> list[str]
         loc = f"{prefix} {key or '(all)'}" if option else ".".join(p for p in (prefix, key) if p)
         msg = e["msg"]
         if e["type"] == "extra_forbidden":
-            msg = "unknown parameter" if option else "unknown key (check its spelling; see docs/recipes.md)"
+            msg = unknown or ("unknown parameter" if option else "unknown key (check its spelling; see docs/recipes.md)")
         elif e["type"] == "value_error":  # our validators' own messages: pydantic's "Value error, " adds nothing
             msg = msg.removeprefix("Value error, ")
         elif e["type"] in _TYPE_FIXES:
@@ -256,9 +257,14 @@ def format_validation_error(err: ValidationError, prefix: str = "") -> list[str]
 
 def parameters_hint(model: type[BaseModel], option: str) -> str:
     """The fix for rejected plugin parameters passed with `option` (`--param`, `--set`): the ones that exist."""
+    names = known_parameters(model)
+    return f"{names}: pass them as {option} NAME=VALUE." if model.model_fields else f"{names}: leave {option} out."
+
+
+def known_parameters(model: type[BaseModel]) -> str:
+    """`its parameters are a, b` (or `it takes no parameters`): what a plugin's params model accepts."""
     names = ", ".join(model.model_fields)
-    return f"its parameters are {names}: pass them as {option} NAME=VALUE." if names else \
-        f"it takes no parameters: leave {option} out."
+    return f"its parameters are {names}" if names else "it takes no parameters"
 
 
 def _is_toml(raw: str) -> bool:

@@ -338,7 +338,7 @@ def test_check_backbone_params_validated_by_the_plugin(tmp_path):
     res = runner.invoke(app(), ["check", str(SMOKE), "--set", "model.primary_backbone.params.x=1",
                                 "--set", "model.auxiliary_backbone.name=cnn"])
     assert res.exit_code == 2
-    assert "model.primary_backbone.params.x: unknown key" in res.stderr
+    assert "model.primary_backbone.params.x: unknown parameter of 'paper-mnist' (it takes no parameters)" in res.stderr
     assert "model.auxiliary_backbone.params.filters: Field required" in res.stderr
 
 

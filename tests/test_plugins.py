@@ -280,6 +280,15 @@ def test_check_messages_name_the_cli_options(fake_registries):
         assert "shapes=" not in res.output and "params=" not in res.output
 
 
+def test_check_refuses_options_that_do_not_apply_to_the_plugin_named():
+    """`--shape` on a dataset or `--root` on a backbone used to be ignored: the check ran as if it were not given."""
+    shape = runner.invoke(app, ["plugins", "check", "usps", "--shape", "1,16,16"])
+    assert shape.exit_code == 2 and "--shape applies to a backbone, and 'usps' is a dataset" in shape.output, shape.output
+    root = runner.invoke(app, ["plugins", "check", "paper-mnist", "--root", "data", "--download"])
+    assert root.exit_code == 2 and "--root, --download apply to a dataset, and 'paper-mnist' is a backbone" in root.output
+    assert "fix: leave --root, --download out, or name a dataset." in root.output
+
+
 def test_check_set_on_a_dataset_without_params():
     res = runner.invoke(app, ["plugins", "check", "usps", "--no-load", "--set", "size=3"])
     assert res.exit_code == 2 and "--set size: unknown parameter\nfix: it takes no parameters: leave --set out." in res.output

@@ -133,6 +133,16 @@ def plugins_check(
                      if kind in (None, r.kind)]
             raise PluginError(f"no {kind or 'dataset or backbone'} named '{name}'. Available {'; '.join(known)}.",
                               hint="install the plugin that provides it (`jadekit plugins list` shows what is installed).")
+        kinds = {r.kind for r in regs}
+        dataset_options = [o for o, given in (("--root", root is not None), ("--no-load", no_load), ("--download", download))
+                           if given]
+        for options, applies_to in ((["--shape"] if shape else [], "backbone"), (dataset_options, "dataset")):
+            if options and applies_to not in kinds:
+                from jadekit.errors import JadekitError
+
+                raise JadekitError(f"{', '.join(options)} appl{'ies' if len(options) == 1 else 'y'} to a {applies_to}, "
+                                   f"and '{name}' is a {kinds.pop()}",
+                                   hint=f"leave {', '.join(options)} out, or name a {applies_to}.")
         params = _parse_params(param)
         failed = False
         for reg in regs:
