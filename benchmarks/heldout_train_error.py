@@ -53,12 +53,18 @@ def score_run(run_dir: Path, device: str = "cpu", limit: int | None = None) -> d
     return scores | {f"{d}_last": error(run, *sets[d], d) for d in domains}
 
 
+def positive(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive whole number, got {text!r}")
+    return int(text)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("dirs", nargs="+", type=Path, help="output directories (<dir>/<method>/seed-<n>/)")
     parser.add_argument("--device", default="cpu", help="device to score on (cpu, cuda)")
     parser.add_argument("--json", type=Path, help="also write every run's scores to this JSON file")
-    parser.add_argument("--limit", type=int, help="score only the first N unseen images of each dataset (a quick look; "
+    parser.add_argument("--limit", type=positive, help="score only the first N unseen images of each dataset (a quick look; "
                                                   "the recorded numbers score all of them)")
     args = parser.parse_args()
     all_rows: list[dict] = []
@@ -70,7 +76,8 @@ def main() -> None:
             final = json.loads((run_dir / "final.json").read_text())
             scores = score_run(run_dir, args.device, args.limit)
             by_method.setdefault(final["method"], []).append(scores)
-            all_rows.append({"run": str(run_dir), "method": final["method"], "seed": final["seed"]} | scores)
+            all_rows.append({"run": str(run_dir), "method": final["method"], "seed": final["seed"], "limit": args.limit}
+                            | scores)
             print(f"{run_dir}  kept step {final['best_step']}: " + "  ".join(f"{k} {v:.2f}" for k, v in scores.items()))
         for method, rows in by_method.items():
             means = "  ".join(f"{k} {statistics.mean(r[k] for r in rows):.2f}" for k in rows[0])

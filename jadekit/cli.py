@@ -179,12 +179,14 @@ def run(
     def kept(width: int) -> Column:  # never cut: on a narrow terminal the bar goes first, then the end of the loss text
         return Column(no_wrap=True, min_width=width)
 
-    columns = (TextColumn("{task.description}", table_column=kept(14)),
-               BarColumn(bar_width=None, table_column=Column(ratio=1)), MofNCompleteColumn(table_column=kept(11)),
-               TimeElapsedColumn(table_column=kept(7)), TimeRemainingColumn(table_column=kept(7)),
-               TextColumn("{task.fields[info]}", table_column=Column(ratio=3, no_wrap=True)))
     with user_errors(RUN_ABORTED):
         resolved = _load(recipe, set_)
+        steps, seeds = resolved.recipe.train.steps, resolved.recipe.experiment.seeds
+        columns = (TextColumn("{task.description}", table_column=kept(len(f"paired seed {max(seeds)}"))),
+                   BarColumn(bar_width=None, table_column=Column(ratio=1)),
+                   MofNCompleteColumn(table_column=kept(len(f"{steps}/{steps}"))),
+                   TimeElapsedColumn(table_column=kept(7)), TimeRemainingColumn(table_column=kept(7)),
+                   TextColumn("{task.fields[info]}", table_column=Column(ratio=3, no_wrap=True)))
         previous = {s: signal.signal(s, stop) for s in STOP_SIGNALS}
         progress = Progress(*columns, console=err, transient=False)
 

@@ -40,13 +40,14 @@ def first_line(e: BaseException, limit: int = 300) -> str:
 
 def raised_in(e: BaseException, *owners: object) -> str:
     """`" (at FILE:LINE)"`: the innermost line of `e`'s traceback inside the package of one of `owners` (a plugin's
-    adapter or backbone), so a plugin's author finds their failing line without a traceback; "" when none is there."""
+    adapter or backbone), so a plugin's author finds their failing line without a traceback; "" when none is there.
+    A built-in owner counts only its own module: jadekit's engine, which calls every plugin, is nobody's code."""
     roots = []
     for owner in owners:
-        module = sys.modules.get((getattr(owner, "__module__", None) or type(owner).__module__).split(".")[0])
-        if getattr(module, "__file__", None):
-            file = Path(module.__file__).resolve()
-            roots.append(file.parent if file.name == "__init__.py" else file)
+        name = getattr(owner, "__module__", None) or type(owner).__module__
+        module = sys.modules.get(name if name.split(".")[0] == "jadekit" else name.split(".")[0])
+        places = getattr(module, "__path__", None) or [getattr(module, "__file__", None)]  # a package's folders, or one file
+        roots += [Path(p).resolve() for p in places if p]
     for frame in reversed(traceback.extract_tb(e.__traceback__)):
         file = Path(frame.filename).resolve()
         if any(file == root or file.is_relative_to(root) for root in roots):

@@ -245,9 +245,9 @@ def external_set(run: LoadedRun, name: str, root: Path | None = None, split: Spl
     except DataError as e:  # the recipe's fixes (a `root`, `download = true`) are not eval's
         where = (f"`jadekit eval` reads --dataset from --root (here {cfg.data_root()}) and never downloads; "
                  f"`jadekit plugins check {name} --root DIR --download` fetches what a dataset can download.")
-        missing = isinstance(e, MissingFilesError)
-        raise DataError(e.message, hint=f"pass --root DIR, the folder that holds them: {where}" if missing else
-                        f"{e.hint} ({where})" if e.hint else where) from e
+        if isinstance(e, MissingFilesError):
+            raise DataError(e.message, hint=f"pass --root DIR, the folder that holds them: {where}") from e
+        raise DataError(e.message, hint=f"{e.hint} (if files are missing: {where})" if e.hint else where) from e
     return EvalSet(name, split, domain, data, p, cfg)
 
 

@@ -387,6 +387,28 @@ def test_a_plugin_bug_is_named_by_its_own_file_and_line(tmp_path, data_root, plu
     assert debug.exit_code == 2 and "Traceback" in debug.output and raising_line in debug.output, debug.output
 
 
+def test_a_failure_in_jadekits_own_code_is_not_blamed_on_a_plugin(tmp_path, data_root):
+    """A plugin backbone beside a built-in one, failing in jadekit's engine (its output has the wrong size): the message
+    names no file, where it used to name jadekit's engine as if it were the built-in backbone's code."""
+    recipe = tmp_path / "recipe.toml"
+    recipe.write_text(GOOD.format(out=(tmp_path / "out").as_posix(), root=data_root.as_posix()))
+    result = CliRunner().invoke(app, ["run", str(recipe), "--set", 'model.primary_backbone={ name = "wrong-output" }'])
+    assert result.exit_code == 2 and "cannot process primary images" in result.output and "(at " not in result.output
+
+
+def test_raised_in_finds_a_namespace_packages_code(tmp_path, monkeypatch):
+    from jadekit.errors import raised_in
+
+    (tmp_path / "acme" / "plug").mkdir(parents=True)  # no __init__.py anywhere: a namespace package
+    (tmp_path / "acme" / "plug" / "thing.py").write_text("class Thing:\n    def boom(self):\n        raise KeyError('oops')\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    from acme.plug.thing import Thing
+
+    with pytest.raises(KeyError) as err:
+        Thing().boom()
+    assert raised_in(err.value, Thing()) == f" (at {tmp_path / 'acme' / 'plug' / 'thing.py'}:3)"
+
+
 def test_debug_shows_the_traceback_of_a_plugin_that_fails_to_import(tmp_path, data_root, monkeypatch):
     recipe = tmp_path / "recipe.toml"
     recipe.write_text(GOOD.format(out=(tmp_path / "out").as_posix(), root=data_root.as_posix()))

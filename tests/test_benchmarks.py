@@ -67,5 +67,5 @@ def test_protocol_script_trains_every_seed_and_method_and_writes_each_budget_sum
     assert heldout.returncode == 0, heldout.stderr[-2000:]
     rows = json.loads(scores.read_text())
     assert sorted((r["method"], r["seed"]) for r in rows) == sorted((m, s) for m in ("single", "paired", "jade") for s in (0, 1))
-    assert all(0 <= r["primary_last"] <= 100 for r in rows)
+    assert all(0 <= r["primary_last"] <= 100 and r["limit"] == 2000 for r in rows)
     assert all("auxiliary_kept" in r for r in rows if r["method"] != "single")

@@ -72,11 +72,15 @@ def _weights_line(w: dict) -> str:
 def evaluate(
     run_dir: RunArg,
     dataset: Annotated[str | None, typer.Option(help="Evaluate on this registered dataset instead of the run's test splits.")] = None,
-    root: Annotated[Path | None, typer.Option(help="Data root of --dataset; else $JADEKIT_DATA, else ~/.cache/jadekit.")] = None,
+    root: Annotated[Path | None, typer.Option(
+        help="Data root of --dataset; else the run's own when it names the dataset the run trained on, "
+             "else $JADEKIT_DATA, else ~/.cache/jadekit.")] = None,
     split: Annotated[str, typer.Option(help="Split of --dataset: train or test.")] = "test",
     domain: Annotated[str, typer.Option(help="Encoder --dataset goes through: primary or auxiliary.")] = "primary",
     resize: Annotated[bool, typer.Option("--resize", help="Resize --dataset images to the encoder's input size.")] = False,
-    param: Annotated[list[str] | None, typer.Option("--param", help="Parameter of --dataset, e.g. path=scans (repeatable).")] = None,
+    param: Annotated[list[str] | None, typer.Option(
+        "--param", help="Parameter of --dataset, e.g. path=scans (repeatable; over the recipe's params when it names "
+                        "the dataset the run trained on).")] = None,
     set_: Annotated[list[str] | None, typer.Option("--set", help="Override a value of the run's recipe (repeatable).")] = None,
     include_unfinished: Annotated[bool, typer.Option(
         "--include-unfinished", help="Aggregate unfinished runs of an output directory too (left out by default).")] = False,
