@@ -66,7 +66,7 @@ def test_paper_recipe_values():
 
 def test_recipe_is_frozen():
     r = load_recipe(SMOKE)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="frozen"):
         r.train.steps = 5  # type: ignore[misc]
 
 

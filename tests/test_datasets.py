@@ -7,6 +7,7 @@ import errno
 import gzip
 import os
 import re
+import shutil
 import struct
 import tempfile
 import threading
@@ -558,16 +559,26 @@ def test_a_lock_that_cannot_be_taken_is_one_clear_error(tmp_path, monkeypatch):
 
 def test_a_folder_on_another_disk_gets_its_files_copied_then_renamed(tmp_path, monkeypatch):
     """A dataset folder linked to another disk: a rename from the staging folder cannot cross it."""
-    real_replace = os.replace
+    real_replace, real_copy, renames, copies = os.replace, shutil.copyfile, [], []
 
     def cross_device(src, dst):
         if files._STAGING in str(src):
             raise OSError(errno.EXDEV, "Invalid cross-device link")
+        renames.append((Path(src), Path(dst)))
         real_replace(src, dst)
 
-    monkeypatch.setattr(files.os, "replace", cross_device)
+    def copy(src, dst):
+        copies.append(Path(dst))
+        return real_copy(src, dst)
 
-    found = require_files("USPS", "train", [(tmp_path / "USPS" / "usps.bz2",)], True, fetch_usps, tmp_path)
+    monkeypatch.setattr(files.os, "replace", cross_device)
+    monkeypatch.setattr(files.shutil, "copyfile", copy)
+
+    target = tmp_path / "USPS" / "usps.bz2"
+    found = require_files("USPS", "train", [(target,)], True, fetch_usps, tmp_path)
+    # never copied straight into place (a reader could see half a file): copied beside it, then renamed over it
+    assert copies and target not in copies and all(c.parent == target.parent and c.name.startswith(".usps.bz2.") for c in copies)
+    assert renames[-1] == (copies[-1], target)
     assert found[0].read_bytes() == b"data"
     assert [p.name for p in tmp_path.rglob("*")] == ["USPS", "usps.bz2"]  # no staging folder, no temp file
     assert found[0].stat().st_mode & 0o777 == 0o666 & ~_umask()  # as the downloaded file: readable by the others

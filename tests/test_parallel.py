@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -67,6 +68,14 @@ def test_a_failed_run_is_one_clear_message_and_keeps_its_checkpoint(two_seeds):
     assert "last good checkpoint" in result.output and "lower train.lr" in result.output
     assert "the other runs:" in result.output and "1 run(s) not started" in result.output  # single: longest first
     assert not list(recipe.with_suffix("").glob("*/seed-*/final.json"))
+    said = " ".join(result.output.split())
+    kept = re.findall(r"last good checkpoint \((\S+), step (\d+)\) is kept", said)
+    stopped = re.findall(r"stopped at step (\d+); checkpoint written to (\S+?checkpoint\.pt)", said)
+    assert kept and len(kept + stopped) == 2, said  # the failed run, and the one beside it: stopped, or failed too
+    for path, step in [*kept, *((p, s) for s, p in stopped)]:
+        state, notes = io.load_checkpoint(Path(path))
+        assert notes == [] and state["loop"]["step"] == int(step), path
+        assert all(torch.isfinite(w).all() for w in state["model"].values()), path
 
 
 # Runs that cannot finish while a test waits for the second worker (which may start seconds after the first): the
@@ -157,6 +166,7 @@ def test_a_worker_killed_by_the_system_is_one_message_and_checkpoints_stay(write
     output = proc.communicate(timeout=120)[0].decode()
     assert proc.returncode == 2, output
     assert "Traceback" not in output and "a worker process died" in output and "fewer --jobs" in output, output
+    assert re.search(r"while training jade seed [01]", " ".join(output.split())), output  # the run it took along
     for seed in (0, 1):
         assert io.load_checkpoint(out / "jade" / f"seed-{seed}" / "checkpoint.pt")[0]["loop"]["step"] >= 5
 

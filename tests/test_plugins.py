@@ -233,7 +233,8 @@ def test_check_command(fake_registries, tmp_path):
     ok = runner.invoke(app, ["plugins", "check", "toy", "--root", str(tmp_path), "--set", "n=8"])
     assert ok.exit_code == 0, ok.output
     assert "ok dataset 'toy' (jadekit-toy 1.0)" in ok.output
-    assert runner.invoke(app, ["plugins", "check", "toy-net", "--shape", "2,5,7"]).exit_code == 0
+    net = runner.invoke(app, ["plugins", "check", "toy-net", "--shape", "2,5,7"])
+    assert net.exit_code == 0 and "ok backbone 'toy-net' (jadekit-toy 1.0): shapes tried [(2, 5, 7)]" in net.output, net.output
     bad_param = runner.invoke(app, ["plugins", "check", "toy", "--no-load", "--set", "m=1"])
     assert bad_param.exit_code == 2 and "--set m: unknown parameter\nfix: its parameters are n: pass them as --set" in bad_param.output
     renamed = runner.invoke(app, ["plugins", "check", "renamed", "--root", str(tmp_path)])
@@ -267,7 +268,8 @@ def test_check_without_data_is_not_a_conformance_failure(fake_registries, tmp_pa
     again = runner.invoke(app, ["plugins", "check", "nofiles", "--root", str(nowhere), "--download"])
     assert again.exit_code == 2 and "--root" in _fix(again.output) and "--download" not in _fix(again.output)
     assert not nowhere.exists()
-    assert runner.invoke(app, ["plugins", "check", "nofiles", "--root", str(nowhere), "--no-load"]).exit_code == 0
+    no_load = runner.invoke(app, ["plugins", "check", "nofiles", "--root", str(nowhere), "--no-load"])
+    assert no_load.exit_code == 0 and "ok dataset 'nofiles' (jadekit-toy 1.0): Params and info()" in no_load.output
 
 
 def test_check_messages_name_the_cli_options(fake_registries):
@@ -382,7 +384,8 @@ def test_broken_adapters_fail(tmp_path, adapter, match):
 
 def test_data_errors_are_listed_or_raised(tmp_path):
     """By default a DataError from load is one of the problems; asked to, the check lets it through."""
-    assert check_dataset(Crashes(), tmp_path)[0] == "load(split='train') raised DataError: file missing"
+    found = check_dataset(Crashes(), tmp_path)[0]  # with the line of the adapter's code that raised it
+    assert re.fullmatch(r"load\(split='train'\) raised DataError: file missing \(at .*test_plugins\.py:\d+\)", found), found
     with pytest.raises(DataError, match="file missing"):
         check_dataset(Crashes(), tmp_path, raise_data_errors=True)
     with pytest.raises(DataError, match="file missing"):
@@ -455,7 +458,7 @@ class RaisesWrongError(ToyBackbone):
         (NotAModule(), "returned function, expected torch.nn.Module"),
         (Frozen(), "decoder.*has no trainable parameters"),
         (RefusesAll(), r"accepts none of the shapes tried .* \(first refusal: \(1, 28, 28\): no\); pass shapes= with"),
-        (RaisesWrongError(), "raised ValueError: too small \\(refuse shapes with DataError\\)"),
+        (RaisesWrongError(), "raised ValueError: too small \\(at .*test_plugins\\.py:\\d+\\) \\(refuse shapes with DataError\\)"),
     ],
 )
 def test_broken_backbones_fail(backbone, match):

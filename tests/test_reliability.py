@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import gzip
 import json
-import os
 import shutil
 import signal
 import subprocess
@@ -151,20 +150,40 @@ def test_finished_runs_are_skipped(reference):
     assert (reference / "final.json").read_bytes() == before
 
 
-def test_ctrl_c_writes_checkpoint_and_exits_130(tmp_path, write_recipe):
+@pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
+def test_ctrl_c_writes_checkpoint_and_exits_130(tmp_path, write_recipe, stop):
     recipe = write_recipe(tmp_path)
     run_dir = tmp_path / RUN_DIR
     proc = start_run(tmp_path, recipe)
     wait_for(run_dir / "checkpoint.pt", proc)
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(stop)
     output = proc.communicate(timeout=60)[0].decode()
     assert proc.returncode == 130, output
     assert "Traceback" not in output
-    assert "checkpoint written to" in output and "--resume" in output
+    said = " ".join(output.split())
+    assert "checkpoint written to" in said and "fix: run the same command again to continue from the checkpoints" in said
+    assert "(add --resume if you change the recipe)" in said
     state, notes = io.load_checkpoint(run_dir / "checkpoint.pt")
     assert notes == [] and 5 <= state["loop"]["step"] < 40
     assert train_steps(run_dir)[-1] == state["loop"]["step"]
     assert not (run_dir / "final.json").exists()
+
+
+def test_a_second_ctrl_c_aborts_at_once_and_a_second_sigterm_does_not():
+    """The first stop signal asks for a checkpoint after the current step; only a second Ctrl-C (a person who will not
+    wait) aborts at once, while a repeated SIGTERM (a scheduler's retries) keeps waiting for the checkpoint."""
+    from jadekit.parallel import StopOnSignal
+
+    said = []
+    ctrl_c = StopOnSignal(lambda: said.append("stopping"))
+    ctrl_c(signal.SIGINT, None)
+    assert ctrl_c.requested and said == ["stopping"]
+    with pytest.raises(KeyboardInterrupt):
+        ctrl_c(signal.SIGINT, None)
+    term = StopOnSignal()
+    term(signal.SIGTERM, None)
+    term(signal.SIGTERM, None)
+    assert term.requested
 
 
 def test_a_run_being_trained_by_another_process_is_refused(tmp_path, write_recipe):
@@ -443,7 +462,10 @@ def test_checkpoint_crash_mid_save_keeps_a_loadable_checkpoint(tmp_path, monkeyp
         io.save_checkpoint(path, {"step": 3, "w": torch.zeros(4)})
     monkeypatch.undo()
     state, notes = io.load_checkpoint(path)
-    assert state["step"] in (1, 2)  # the newest file was rotated to .prev before the crash: still there
+    # the newest good file was rotated to .prev before the crash: it is what loads, never the older one
+    assert state["step"] == 2 and torch.equal(state["w"], torch.arange(4.0) * 2)
+    assert notes == [f"checkpoint {path} is missing"] and (tmp_path / "checkpoint.pt.prev").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint.pt.prev"]  # no temp file left
 
 
 def test_torn_jsonl_line_is_skipped_and_truncation_is_atomic(tmp_path):
@@ -509,15 +531,20 @@ def test_both_checkpoints_damaged_is_a_clear_error(tmp_path):
 
 
 def test_checkpoint_is_loaded_without_unpickling_code(tmp_path):
-    path = tmp_path / "checkpoint.pt"
-    torch.save({"state": {"step": 1, "evil": _Evil()}, "sha256": "0"}, path)
-    with pytest.raises(RunDirError, match="unreadable"):
+    """A checkpoint whose pickle would run code (here: create a file) is refused as unreadable, and the code never ran."""
+    path, ran = tmp_path / "checkpoint.pt", tmp_path / "code-ran"
+    torch.save({"state": {"step": 1, "evil": _Evil(ran)}, "sha256": "0"}, path)
+    with pytest.raises(RunDirError, match=r"unreadable \(truncated or corrupt"):
         io.load_checkpoint(path)
+    assert not ran.exists()
 
 
 class _Evil:
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
     def __reduce__(self):
-        return (os.system, ("echo pwned",))
+        return (open, (str(self.marker), "w"))
 
 
 def test_run_resumes_from_prev_when_newest_is_corrupt(tmp_path, write_recipe):
@@ -614,6 +641,19 @@ def test_resume_takes_the_new_lr_and_divergence_keeps_the_checkpoint(tmp_path, w
     assert "checkpoint.pt, step 10) is kept" in result.output
     after = final_weights(run_dir)
     assert all(torch.equal(before[k], after[k]) for k in before)
+
+
+def test_resume_takes_the_new_weight_decay_into_the_optimizer_state(tmp_path, write_recipe):
+    """The optimizer's saved param groups would otherwise keep the old weight decay without a word."""
+    recipe = write_recipe(tmp_path, steps=6)
+    run_dir = tmp_path / RUN_DIR
+    with contextlib.chdir(tmp_path):
+        assert run_cli(["run", str(recipe)]).exit_code == 0
+        result = run_cli(["run", str(recipe), "--resume", "--set", "train.steps=8", "--set", "train.weight_decay=0.01"])
+    assert result.exit_code == 0 and "train.weight_decay 0 -> 0.01" in result.output, result.output
+    state, _ = io.load_checkpoint(run_dir / "checkpoint.pt")
+    assert state["loop"]["step"] == 8
+    assert {g["weight_decay"] for g in state["optimizer"]["param_groups"]} == {0.01}
 
 
 # --- the CLI's last line of defence ------------------------------------------------------------------

@@ -280,6 +280,36 @@ def test_fit_takes_a_validate_that_reports_only_accuracy_and_nll():
     assert state.best_score == (0.5, -1.0) and state.best_step == 1
 
 
+def test_weights_broken_by_a_finite_loss_are_never_checkpointed():
+    """An update that leaves a parameter inf while every loss term is finite (a huge lr, a bad optimizer) stops the
+    run at that step, naming the parameter, before the broken weights could become the checkpoint."""
+    from jadekit.engine.loop import Callback
+    from jadekit.errors import TrainingDiverged
+
+    model = torch.nn.Linear(1, 1, bias=False)
+    model.loss_terms = lambda batch, w: {"total": (model.weight * 0).sum()}  # finite whatever the weight
+
+    class BreaksAtStep2(torch.optim.SGD):
+        def step(self, closure=None):
+            self.calls = getattr(self, "calls", 0) + 1
+            if self.calls == 2:
+                with torch.no_grad():
+                    model.weight.fill_(float("inf"))
+
+    class Checkpoints(Callback):
+        steps: list[int] = []
+
+        def on_checkpoint(self, state):
+            self.steps.append(state.step)
+
+    opt = BreaksAtStep2(model.parameters(), lr=0.1)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
+    with pytest.raises(TrainingDiverged, match="parameter 'weight' became non-finite at step 2"):
+        fit(model, opt, sched, lambda: None, lambda s: None, lambda: {"accuracy": 0.5, "nll": 1.0},
+            LoopPlan(5, 100, 1), callbacks=[Checkpoints()])
+    assert Checkpoints.steps == [1]
+
+
 def test_progress_bar_shows_the_latest_validation_at_once():
     from rich.progress import Progress
 
