@@ -376,9 +376,14 @@ def test_docs_example_recipe_is_valid():
 
 
 def test_docs_set_example_is_valid():
-    overrides = ["train.steps=500", "train.lr=3e-4", "train.compile=true", "experiment.seeds=[0,1]", "primary.resize=[32,32]",
-                 "model.primary_backbone.name=cnn", "model.primary_backbone.params={filters=[32, 32], pool=[true, true]}",
-                 "train.device=cpu"]
+    """The `jadekit run ... --set ...` example in docs/recipes.md, as a shell would split it."""
+    import shlex
+
+    doc = (ROOT / "docs" / "recipes.md").read_text()
+    command = re.search(r"^jadekit run recipes/usps_mnist\.toml --set .*?(?=\n```)", doc, flags=re.M | re.S).group(0)
+    words = shlex.split(command.replace("\\\n", " "))
+    overrides = [value for option, value in zip(words, words[1:], strict=False) if option == "--set"]
+    assert len(overrides) == words.count("--set") == 8, words
     r = load_recipe(ROOT / "recipes" / "usps_mnist.toml", overrides)
     resolve(r)
     assert r.model.primary_backbone.params == {"filters": [32, 32], "pool": [True, True]} and r.experiment.seeds == [0, 1]

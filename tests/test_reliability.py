@@ -468,13 +468,19 @@ def test_checkpoint_crash_mid_save_keeps_a_loadable_checkpoint(tmp_path, monkeyp
     assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint.pt.prev"]  # no temp file left
 
 
-def test_torn_jsonl_line_is_skipped_and_truncation_is_atomic(tmp_path):
+def test_torn_jsonl_line_is_skipped_and_truncation_is_atomic(tmp_path, monkeypatch):
     path = tmp_path / "metrics.jsonl"
     for step in range(1, 6):
         io.append_jsonl(path, {"step": step, "kind": "train"})
     with open(path, "a") as f:
         f.write('{"step": 6, "ki')
     assert [r["step"] for r in io.read_jsonl(path)] == [1, 2, 3, 4, 5]
+    before = path.read_bytes()
+    with monkeypatch.context() as m:  # a crash (full disk) as the rewritten file is put in place
+        m.setattr(io.os, "replace", lambda src, dst: (_ for _ in ()).throw(OSError(28, "No space left on device")))
+        with pytest.raises(OSError):
+            io.truncate_jsonl(path, lambda r: r["step"] <= 3)
+    assert path.read_bytes() == before and [p.name for p in tmp_path.iterdir()] == ["metrics.jsonl"]  # old file, no temp
     assert io.truncate_jsonl(path, lambda r: r["step"] <= 3) == (2, 0)  # two past step 3; the torn last line is no damage
     assert path.read_text().splitlines() == [json.dumps({"step": s, "kind": "train"}) for s in (1, 2, 3)]
 
