@@ -40,7 +40,7 @@ def missing_files_error(
     holding = " and ".join(layout) if layout else "them in the same layout"
     other_root = f"point jadekit at a data root that holds {holding} ({_ROOT_WAYS})"
     if cause:
-        message += f"\n  download failed: {cause}"
+        message += f"\n  downloading {dataset} failed: {cause}"  # its downloader may fetch every split's files
         hint = f"check the internet connection and try again, put the files at the paths above yourself, or {other_root}"
     else:
         hint = f"put the files at the paths above, {other_root}, or set `download = true` to fetch them (needs internet)"
