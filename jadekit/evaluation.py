@@ -217,7 +217,8 @@ def external_set(run: LoadedRun, name: str, root: Path | None = None, split: Spl
     trained_on = getattr(run.resolved.recipe, domain)
     own = name == trained_on.dataset
     p = dataset_params(adapter, params, trained_on.params if own else None)
-    root = root if root is not None or not own else trained_on.root
+    if root is None and own:
+        root = trained_on.root
     try:
         info = adapter.info(p)
     except Exception as e:  # a plugin bug must not surface as a traceback

@@ -326,6 +326,13 @@ def tree_hashes(root: Path) -> dict[str, str]:
     return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(root.rglob("*")) if p.is_file()}
 
 
+def write_good_recipe(tmp_path: Path, root: Path) -> Path:
+    """`tmp_path / "recipe.toml"`: the catalogue's good recipe over `root`, writing to `tmp_path / "out"`."""
+    recipe = tmp_path / "recipe.toml"
+    recipe.write_text(GOOD.format(out=(tmp_path / "out").as_posix(), root=root.as_posix()))
+    return recipe
+
+
 @pytest.mark.parametrize(("name", "setup", "phrase", "code"), CASES, ids=[c[0] for c in CASES])
 def test_bad_input(tmp_path, data_root, monkeypatch, name, setup, phrase, code):
     root = tmp_path / "data"
@@ -334,8 +341,7 @@ def test_bad_input(tmp_path, data_root, monkeypatch, name, setup, phrase, code):
             (root / f.relative_to(data_root)).parent.mkdir(parents=True, exist_ok=True)
             (root / f.relative_to(data_root)).write_bytes(f.read_bytes())
     out = tmp_path / "out"
-    recipe = tmp_path / "recipe.toml"
-    recipe.write_text(GOOD.format(out=out.as_posix(), root=root.as_posix()))
+    recipe = write_good_recipe(tmp_path, root)
     c = Ctx(tmp_path, root, out, recipe, monkeypatch, ["run", str(recipe)])
     # An output directory of this very recipe, holding earlier work that must survive every failure.
     r = load_recipe(recipe)
@@ -375,8 +381,7 @@ def _line_of(text: str, code: str) -> int:
 def test_a_plugin_bug_is_named_by_its_own_file_and_line(tmp_path, data_root, plugin_dir, monkeypatch, override,
                                                         raising_line):
     """A plugin's author finds the failing line from the message alone, and JADEKIT_DEBUG=1 adds the traceback."""
-    recipe = tmp_path / "recipe.toml"
-    recipe.write_text(GOOD.format(out=(tmp_path / "out").as_posix(), root=data_root.as_posix()))
+    recipe = write_good_recipe(tmp_path, data_root)
     args = ["check" if "info" in override[1] else "run", str(recipe), "--set", "=".join(override)]
     at = f"(at {plugin_dir / 'jk_fake_plugins.py'}:{_line_of(FAKE_PLUGINS, raising_line)})"
     result = CliRunner().invoke(app, args)
@@ -390,8 +395,7 @@ def test_a_plugin_bug_is_named_by_its_own_file_and_line(tmp_path, data_root, plu
 def test_a_failure_in_jadekits_own_code_is_not_blamed_on_a_plugin(tmp_path, data_root):
     """A plugin backbone beside a built-in one, failing in jadekit's engine (its output has the wrong size): the message
     names no file, where it used to name jadekit's engine as if it were the built-in backbone's code."""
-    recipe = tmp_path / "recipe.toml"
-    recipe.write_text(GOOD.format(out=(tmp_path / "out").as_posix(), root=data_root.as_posix()))
+    recipe = write_good_recipe(tmp_path, data_root)
     result = CliRunner().invoke(app, ["run", str(recipe), "--set", 'model.primary_backbone={ name = "wrong-output" }'])
     assert result.exit_code == 2 and "cannot process primary images" in result.output and "(at " not in result.output
 
@@ -410,8 +414,7 @@ def test_raised_in_finds_a_namespace_packages_code(tmp_path, monkeypatch):
 
 
 def test_debug_shows_the_traceback_of_a_plugin_that_fails_to_import(tmp_path, data_root, monkeypatch):
-    recipe = tmp_path / "recipe.toml"
-    recipe.write_text(GOOD.format(out=(tmp_path / "out").as_posix(), root=data_root.as_posix()))
+    recipe = write_good_recipe(tmp_path, data_root)
     monkeypatch.setenv("JADEKIT_DEBUG", "1")
     result = CliRunner().invoke(app, ["check", str(recipe), "--set", 'primary.dataset="broken"'])
     assert result.exit_code == 2 and 'jk_fake_broken.py", line 1' in result.output, result.output

@@ -118,17 +118,13 @@ def plugins_check(
     from jadekit import registry, testing
     from jadekit.cli import err, out, user_errors
     from jadekit.config import DataConfig
-    from jadekit.errors import DataError
+    from jadekit.errors import DataError, JadekitError, PluginError
 
     with user_errors():
         if kind not in (None, "dataset", "backbone"):
-            from jadekit.errors import JadekitError
-
             raise JadekitError(f"--kind must be dataset or backbone, not {kind!r}", hint="leave --kind out unless NAME is both.")
         regs = [r for r in (registry.datasets, registry.backbones) if kind in (None, r.kind) and name in r.infos()]
         if not regs:
-            from jadekit.errors import PluginError
-
             known = [f"{r.kind}s: {', '.join(r.names()) or '(none)'}" for r in (registry.datasets, registry.backbones)
                      if kind in (None, r.kind)]
             raise PluginError(f"no {kind or 'dataset or backbone'} named '{name}'. Available {'; '.join(known)}.",
@@ -137,11 +133,9 @@ def plugins_check(
         dataset_options = [o for o, given in (("--root", root is not None), ("--no-load", no_load), ("--download", download))
                            if given]
         for options, applies_to in ((["--shape"] if shape else [], "backbone"), (dataset_options, "dataset")):
-            if options and applies_to not in kinds:
-                from jadekit.errors import JadekitError
-
+            if options and applies_to not in kinds:  # then NAME is only the other kind
                 raise JadekitError(f"{', '.join(options)} appl{'ies' if len(options) == 1 else 'y'} to a {applies_to}, "
-                                   f"and '{name}' is a {kinds.pop()}",
+                                   f"and '{name}' is a {regs[0].kind}",
                                    hint=f"leave {', '.join(options)} out, or name a {applies_to}.")
         params = _parse_params(param)
         failed = False
