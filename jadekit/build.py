@@ -27,7 +27,7 @@ from jadekit.config import (
 )
 from jadekit.data.base import DatasetAdapter, DatasetInfo
 from jadekit.engine.models import Classifier, Jade, PairedClassifier, SingleClassifier
-from jadekit.errors import JadekitError, RecipeError, raised_in
+from jadekit.errors import JadekitError, RecipeError, plugin_failure
 
 DOMAINS = ("primary", "auxiliary")
 
@@ -90,7 +90,7 @@ def _domain(domain: str, data: DataConfig, model: ModelConfig, problems: list[st
     try:
         info = adapter.info(params)
     except Exception as e:
-        problems.append(f"{domain}.dataset: '{data.dataset}' failed to describe itself: {e}{raised_in(e, adapter)}")
+        problems.append(f"{domain}.dataset: '{data.dataset}' failed to describe itself: {plugin_failure(e, adapter)}")
         causes.append(e)  # a plugin's own bug: its traceback under JADEKIT_DEBUG
         return None
     if data.resize is not None:

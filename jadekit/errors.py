@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import importlib.util
+import re
 import sys
 import traceback
 from pathlib import Path
@@ -38,21 +40,61 @@ def first_line(e: BaseException, limit: int = 300) -> str:
     return text.splitlines()[0][:limit] if text else "(no message)"
 
 
+_ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+
+
+def brief(text: str, limit: int = 300) -> str:
+    """`text` on one line (ANSI colour codes dropped), cut to at most `limit` characters at a boundary.
+
+    A longer text ends at its last full sentence within `limit` when that keeps at least half of it, else at the
+    last whole word, followed by "…": never mid-word, as torch's multi-line messages would be by a plain slice.
+    """
+    text = " ".join(_ANSI.sub("", str(text)).split())
+    if len(text) <= limit:
+        return text
+    ends = [m.end() for m in re.finditer(r"[.;!?](?=\s)", text[: limit - 1])]  # room for " …"
+    if ends and ends[-1] >= limit // 2:
+        return text[: ends[-1]].rstrip(".;") + " …"
+    cut = text[:limit].rfind(" ")  # a space at limit - 1 keeps the word before it whole
+    return (text[:cut] if cut > 0 else text[: limit - 1]).rstrip(" ,;:") + "…"
+
+
 def raised_in(e: BaseException, *owners: object) -> str:
     """`" (at FILE:LINE)"`: the innermost line of `e`'s traceback inside the package of one of `owners` (a plugin's
-    adapter or backbone), so a plugin's author finds their failing line without a traceback; "" when none is there.
-    A built-in owner counts only its own module: jadekit's engine, which calls every plugin, is nobody's code."""
-    roots = []
-    for owner in owners:
-        name = getattr(owner, "__module__", None) or type(owner).__module__
-        module = sys.modules.get(name if name.split(".")[0] == "jadekit" else name.split(".")[0])
-        places = getattr(module, "__path__", None) or [getattr(module, "__file__", None)]  # a package's folders, or one file
-        roots += [Path(p).resolve() for p in places if p]
-    for frame in reversed(traceback.extract_tb(e.__traceback__)):
-        file = Path(frame.filename).resolve()
+    adapter or backbone, or a module's name), so a plugin's author finds their failing line without a traceback; for
+    a SyntaxError, its own file and line. "" when none is there. A built-in owner counts only its own module:
+    jadekit's engine, which calls every plugin, is nobody's code."""
+    roots = [root for owner in owners for root in _package_roots(owner)]
+    places = [(f.filename, f.lineno) for f in reversed(traceback.extract_tb(e.__traceback__))]
+    if isinstance(e, SyntaxError) and e.filename:  # raised by the import machinery, about the file it could not parse
+        places.insert(0, (e.filename, e.lineno))
+    for filename, lineno in places:
+        file = Path(filename).resolve()
         if any(file == root or file.is_relative_to(root) for root in roots):
-            return f" (at {frame.filename}:{frame.lineno})"
+            return f" (at {filename}:{lineno})"
     return ""
+
+
+def _package_roots(owner: object) -> list[Path]:
+    """The folders (or the one file) of `owner`'s top-level package; of its own module if it is jadekit's."""
+    name = owner if isinstance(owner, str) else getattr(owner, "__module__", None) or type(owner).__module__
+    name = name if name.split(".")[0] == "jadekit" else name.split(".")[0]
+    module = sys.modules.get(name)
+    if module is not None:
+        places = getattr(module, "__path__", None) or [getattr(module, "__file__", None)]  # a package's folders, or a file
+    else:  # a package that failed to import: where it would have been imported from (finding it imports nothing)
+        try:
+            spec = importlib.util.find_spec(name)
+        except (ImportError, ValueError):
+            return []
+        places = (spec.submodule_search_locations or [spec.origin]) if spec else []
+    return [Path(p).resolve() for p in places if p]
+
+
+def plugin_failure(e: BaseException, *owners: object, limit: int = 300) -> str:
+    """`"Type: message (at FILE:LINE)"`: a plugin's exception as jadekit's messages quote it, its message on one line
+    (`brief`) and the line of `owners`' code that raised it (`raised_in`)."""
+    return f"{type(e).__name__}: {brief(str(e), limit)}{raised_in(e, *owners)}"
 
 
 RESUME_HINT = "run the same command again to continue from the checkpoints (add --resume if you change the recipe)."

@@ -28,8 +28,8 @@ from jadekit.config import (
 from jadekit.data.base import ImageSet, Split
 from jadekit.data.prepare import fingerprint, load_split
 from jadekit.engine.evaluate import predict_logits, to_float
-from jadekit.errors import DataError, MissingFilesError, RecipeError, RunDirError, first_line, raised_in
-from jadekit.io import atomic_write_json, atomic_write_text, brief, load_checkpoint
+from jadekit.errors import DataError, MissingFilesError, RecipeError, RunDirError, brief, first_line, plugin_failure
+from jadekit.io import atomic_write_json, atomic_write_text, load_checkpoint
 from jadekit.metrics import classification_report, group_report
 from jadekit.summary import fmt, mean_std, method_order, seed_differences, summarize, to_markdown
 from jadekit.trainer import CHECKPOINT, has_checkpoint
@@ -222,7 +222,7 @@ def external_set(run: LoadedRun, name: str, root: Path | None = None, split: Spl
     try:
         info = adapter.info(p)
     except Exception as e:  # a plugin bug must not surface as a traceback
-        raise DataError(f"dataset '{name}' failed to describe itself: {type(e).__name__}: {e}{raised_in(e, adapter)}") from e
+        raise DataError(f"dataset '{name}' failed to describe itself: {plugin_failure(e, adapter)}") from e
     if info.class_names != run.resolved.class_names:
         raise DataError(f"dataset '{name}' has classes {list(info.class_names)}, but the run was trained on "
                         f"{list(run.resolved.class_names)}; classes must match in number and order",

@@ -6,31 +6,12 @@ import hashlib
 import io
 import json
 import os
-import re
 import tempfile  # torch is imported where checkpoints are handled: `plugins new` needs no torch
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from jadekit.errors import RunDirError, first_line
-
-_ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
-
-
-def brief(text: str, limit: int = 300) -> str:
-    """`text` on one line (ANSI colour codes dropped), cut to at most `limit` characters at a boundary.
-
-    A longer text ends at its last full sentence within `limit` when that keeps at least half of it, else at the
-    last whole word, followed by "…": never mid-word, as torch's multi-line messages would be by a plain slice.
-    """
-    text = " ".join(_ANSI.sub("", str(text)).split())
-    if len(text) <= limit:
-        return text
-    ends = [m.end() for m in re.finditer(r"[.;!?](?=\s)", text[: limit - 1])]  # room for " …"
-    if ends and ends[-1] >= limit // 2:
-        return text[: ends[-1]].rstrip(".;") + " …"
-    cut = text[:limit].rfind(" ")  # a space at limit - 1 keeps the word before it whole
-    return (text[:cut] if cut > 0 else text[: limit - 1]).rstrip(" ,;:") + "…"
+from jadekit.errors import RunDirError, brief, first_line
 
 
 def file_in_the_way(path: Path) -> Path | None:

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from importlib.metadata import EntryPoint, entry_points
 from typing import Generic, TypeVar
 
-from jadekit.errors import PluginError
+from jadekit.errors import PluginError, plugin_failure
 
 T = TypeVar("T")
 CORE_DISTRIBUTION = "jadekit"
@@ -116,7 +116,7 @@ class Registry(Generic[T]):
             obj = EntryPoint(info.name, info.value, self.group).load()
         except Exception as e:  # a broken plugin must only break runs that name it
             raise PluginError(
-                f"{self.kind} '{name}' from {info.provider} failed to import: {type(e).__name__}: {e}",
+                f"{self.kind} '{name}' from {info.provider} failed to import: {plugin_failure(e, info.value.split(':')[0])}",
                 hint=f"reinstall or fix {info.distribution}, or pick another {self.kind}.",
             ) from e
         if isinstance(obj, type):  # classes are instantiated without arguments
@@ -124,7 +124,7 @@ class Registry(Generic[T]):
                 obj = obj()
             except Exception as e:
                 raise PluginError(
-                    f"{self.kind} '{name}' from {info.provider} cannot be instantiated: {e}",
+                    f"{self.kind} '{name}' from {info.provider} cannot be instantiated: {plugin_failure(e, obj)}",
                     hint=f"a plugin class must build with no arguments; fix {info.distribution}, or make its entry point an instance.",
                 ) from e
         problems = self._check(obj)

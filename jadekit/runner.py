@@ -31,8 +31,11 @@ from jadekit.errors import (
     Interrupted,
     JadekitError,
     MissingFilesError,
+    PluginError,
     RunDirError,
     TrainingDiverged,
+    plugin_failure,
+    raised_in,
 )
 from jadekit.io import atomic_write_json, atomic_write_text, refuse_file_as_output_dir
 from jadekit.provenance import versions
@@ -43,6 +46,7 @@ from jadekit.trainer import (
     Checkpointer,
     MetricsWriter,
     apply_optimizer_settings,
+    backbones,
     batch_drawer,
     build_checked_model,
     check_checkpoint,
@@ -319,24 +323,30 @@ def _train(method: Method, seed: int, resolved: Resolved, cache: DataCache, run_
     checkpointer.last_step = start_step if has_checkpoint(run_dir) else None
     all_callbacks = [MetricsWriter(run_dir / METRICS), checkpointer, *callbacks]
     where = f"{method} seed {seed}"
-    try:
-        state = fit(trainer.model, trainer.optimizer, trainer.scheduler, batch_drawer(trainer, p, a, t),
-                    loss_weights(recipe), validate,
-                    plan, trainer.state, all_callbacks, stop_requested)
-    except TrainingDiverged as e:
-        kept = (f"the last good checkpoint ({ckpt_path}, step {checkpointer.last_step}) is kept"
+
+    def kept() -> str:
+        return (f"the last good checkpoint ({ckpt_path}, step {checkpointer.last_step}) is kept"
                 if checkpointer.last_step is not None else "no checkpoint had been written yet")
+
+    try:
+        with _plugin_code_failures(lambda: f"{where}: training stopped after step {trainer.state.step}", resolved, kept):
+            state = fit(trainer.model, trainer.optimizer, trainer.scheduler, batch_drawer(trainer, p, a, t),
+                        loss_weights(recipe), validate,
+                        plan, trainer.state, all_callbacks, stop_requested)
+    except TrainingDiverged as e:
         then = ("then rerun with --resume: it continues from that checkpoint" if checkpointer.last_step is not None
                 else "then run again")
-        raise TrainingDiverged(f"{where}: {e.message}; {kept}", hint=f"{e.hint}; {then}.") from None
+        raise TrainingDiverged(f"{where}: {e.message}; {kept()}", hint=f"{e.hint}; {then}.") from None
     except Interrupted:
         raise Interrupted(f"{where}: stopped at step {checkpointer.last_step}; checkpoint written to {ckpt_path}",
                           hint=RESUME_HINT) from None
     elapsed = time.perf_counter() - started
     restore_best(trainer.model, state)
 
-    primary_test = evaluate_split(trainer.model, p.test_x, p.test_y, "primary")
-    auxiliary_test = evaluate_split(trainer.model, a.test_x, a.test_y, "auxiliary") if trainer.model.uses_auxiliary else {}
+    with _plugin_code_failures(lambda: f"{where}: evaluating on the test sets failed", resolved, kept):
+        primary_test = evaluate_split(trainer.model, p.test_x, p.test_y, "primary")
+        auxiliary_test = (evaluate_split(trainer.model, a.test_x, a.test_y, "auxiliary") if trainer.model.uses_auxiliary
+                          else {})
     final = {
         "method": method,
         "seed": seed,
@@ -357,6 +367,21 @@ def _train(method: Method, seed: int, resolved: Resolved, cache: DataCache, run_
     }
     atomic_write_json(run_dir / FINAL, final)
     return final
+
+
+@contextlib.contextmanager
+def _plugin_code_failures(what: Callable[[], str], resolved: Resolved, kept: Callable[[], str]) -> Iterator[None]:
+    """Report an exception raised in a backbone plugin's own code (past the preflight batch: a rare batch, a later
+    step) as a PluginError naming its file and line and the checkpoint kept; any other passes unchanged."""
+    try:
+        yield
+    except JadekitError:
+        raise
+    except Exception as e:
+        if not raised_in(e, *backbones(resolved)):
+            raise  # jadekit's own code, or torch's: "unexpected", with its traceback under JADEKIT_DEBUG
+        raise PluginError(f"{what()}: a backbone plugin raised {plugin_failure(e, *backbones(resolved))}; {kept()}",
+                          hint=f"fix the plugin (`jadekit plugins check` tries one on a batch), then {RESUME_HINT}") from e
 
 
 def _read_json_object(path: Path) -> dict:

@@ -22,7 +22,7 @@ import torch
 from pydantic import BaseModel, ValidationError
 
 from jadekit.data.base import DatasetInfo, ImageSet, validate_image_set
-from jadekit.errors import DataError, PluginError, raised_in
+from jadekit.errors import DataError, PluginError, plugin_failure
 from jadekit.registry import check_backbone_object, check_dataset_object
 
 DEFAULT_SHAPES: tuple[tuple[int, int, int], ...] = ((1, 28, 28), (3, 32, 32))
@@ -99,7 +99,7 @@ def _load(
     except Exception as e:  # every failure is a finding, including DataError for missing files unless asked to raise it
         if raise_data_errors and isinstance(e, DataError):
             raise
-        problems.append(f"load(split={split!r}) raised {type(e).__name__}: {e}{raised_in(e, adapter)}")
+        problems.append(f"load(split={split!r}) raised {plugin_failure(e, adapter)}")
         return None
     if not isinstance(data, ImageSet):
         problems.append(f"load(split={split!r}) returned {type(data).__name__}, expected jadekit.data.base.ImageSet")
@@ -186,7 +186,7 @@ def check_dataset(
     try:
         info = adapter.info(p)
     except Exception as e:
-        return [*problems, f"info() raised {type(e).__name__}: {e}{raised_in(e, adapter)}"]
+        return [*problems, f"info() raised {plugin_failure(e, adapter)}"]
     problems += _check_info(info)
     if problems or root is None:
         return problems
@@ -237,7 +237,7 @@ def _check_pair(backbone: object, shape: tuple[int, int, int], latent: int, para
     try:
         y = enc(x)
     except Exception as e:
-        return [f"encoder({where}) fails on a batch {tuple(x.shape)}: {type(e).__name__}: {e}{raised_in(e, backbone)}"]
+        return [f"encoder({where}) fails on a batch {tuple(x.shape)}: {plugin_failure(e, backbone)}"]
     if not isinstance(y, torch.Tensor) or tuple(y.shape) != (batch, latent):
         got = tuple(y.shape) if isinstance(y, torch.Tensor) else type(y).__name__
         problems.append(f"encoder({where}) output is {got}, expected {(batch, latent)}")
@@ -246,7 +246,7 @@ def _check_pair(backbone: object, shape: tuple[int, int, int], latent: int, para
     try:
         r = dec(z)
     except Exception as e:
-        return [*problems, f"decoder({where}) fails on latents {tuple(z.shape)}: {type(e).__name__}: {e}{raised_in(e, backbone)}"]
+        return [*problems, f"decoder({where}) fails on latents {tuple(z.shape)}: {plugin_failure(e, backbone)}"]
     if not isinstance(r, torch.Tensor) or tuple(r.shape) != (batch, *shape):
         got = tuple(r.shape) if isinstance(r, torch.Tensor) else type(r).__name__
         problems.append(f"decoder({where}) output is {got}, expected {(batch, *shape)} (the input shape)")
@@ -300,7 +300,7 @@ def check_backbone(
         except DataError as e:  # the documented way to refuse a shape
             refusal = refusal or f"{shape}: {e.message}"
         except Exception as e:
-            problems.append(f"building for shape {shape} raised {type(e).__name__}: {e}{raised_in(e, backbone)} "
+            problems.append(f"building for shape {shape} raised {plugin_failure(e, backbone)} "
                             "(refuse shapes with DataError)")
     if not supported and not problems:
         problems.append(f"accepts none of the shapes tried {[tuple(s) for s in shapes]} (first refusal: {refusal}); "

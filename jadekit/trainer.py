@@ -21,8 +21,8 @@ from jadekit.engine.augment import random_rotate_scale, random_shift
 from jadekit.engine.evaluate import predict_logits, to_float
 from jadekit.engine.loop import Callback, LoopState
 from jadekit.engine.models import Batch, LossWeights
-from jadekit.errors import JadekitError, PluginError, RunDirError, first_line, raised_in
-from jadekit.io import append_jsonl, brief, load_checkpoint, save_checkpoint, truncate_jsonl
+from jadekit.errors import JadekitError, PluginError, RunDirError, brief, first_line, plugin_failure
+from jadekit.io import append_jsonl, load_checkpoint, save_checkpoint, truncate_jsonl
 
 CHECKPOINT = "checkpoint.pt"
 METRICS = "metrics.jsonl"
@@ -188,6 +188,11 @@ def batch_drawer(trainer: Trainer, p: DomainData, a: DomainData, train: TrainCon
     return draw
 
 
+def backbones(resolved: Resolved) -> tuple[object, object]:
+    """The primary and auxiliary backbone plugins: the code `plugin_failure` looks for in a model's failure."""
+    return resolved.primary.backbone, resolved.auxiliary.backbone
+
+
 def build_checked_model(method: Method, resolved: Resolved) -> torch.nn.Module:
     """`build_model`, with a plugin's own failure or wrong return types reported as a PluginError."""
     names = f"backbones '{resolved.primary.backbone_name}' / '{resolved.auxiliary.backbone_name}'"
@@ -200,8 +205,7 @@ def build_checked_model(method: Method, resolved: Resolved) -> torch.nn.Module:
             raise JadekitError(f"the '{method}' model is too large for this machine's memory: {first_line(e, 200)}",
                                hint="lower model.classifier_hidden or model.latent_dim, or the backbones' params "
                                     "(`jadekit describe` prints each module's parameter count).") from None
-        where = raised_in(e, resolved.primary.backbone, resolved.auxiliary.backbone)
-        raise PluginError(f"building the '{method}' model failed in {names}: {type(e).__name__}: {e}{where}",
+        raise PluginError(f"building the '{method}' model failed in {names}: {plugin_failure(e, *backbones(resolved))}",
                           hint="check model.*_backbone params, or fix the backbone plugin.") from e
     # nn.Module keeps non-module attributes in __dict__: a backbone that returned e.g. None or a tensor lands there.
     parts = ("primary_encoder", "auxiliary_encoder", "primary_decoder", "auxiliary_decoder")
@@ -232,7 +236,7 @@ def probe_model(method: Method, model: torch.nn.Module, data: dict[str, DomainDa
     except Exception as e:
         raise PluginError(
             f"{what} cannot process primary images {tuple(p.train_x.shape[1:])} / auxiliary images {tuple(a.train_x.shape[1:])}: "
-            f"{type(e).__name__}: {brief(str(e), 300)}{raised_in(e, resolved.primary.backbone, resolved.auxiliary.backbone)}",
+            f"{plugin_failure(e, *backbones(resolved))}",
             hint="pick a backbone that accepts this image size, set `resize` in the data table, or fix the backbone plugin.",
         ) from e
     if not isinstance(terms, dict) or not isinstance(terms.get("total"), torch.Tensor) or terms["total"].numel() != 1:

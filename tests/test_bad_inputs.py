@@ -66,6 +66,7 @@ device = "cpu"
 # --- fake plugins, found through a patched entry-point discovery ---------------------------------------
 
 FAKE_PLUGINS = '''
+import os
 import torch
 from pydantic import BaseModel
 from jadekit.data.base import DIGITS, DatasetInfo, ImageSet, NoParams
@@ -124,6 +125,23 @@ class WrongOutputSize(PaperMNIST):
         return torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(in_shape[0] * in_shape[1] * in_shape[2], out_dim + 3))
 
 
+class _FailsOnSecondStep(torch.nn.Module):
+    def __init__(self, inner):
+        super().__init__()
+        self.inner, self.steps = inner, 0
+    def forward(self, x):
+        if torch.is_grad_enabled():  # a training step, not the no-grad preflight batch
+            self.steps += 1
+            if self.steps == 2 and os.environ.get("JK_FAKE_BUG"):  # unset: the plugin is "fixed"
+                raise IndexError("plugin bug on a rare batch")
+        return self.inner(x)
+
+
+class FailsLater(PaperMNIST):
+    def encoder(self, in_shape, out_dim, params):
+        return _FailsOnSecondStep(super().encoder(in_shape, out_dim, params))
+
+
 class NoParamsBackbone:
     def encoder(self, in_shape, out_dim, params):
         return torch.nn.Identity()
@@ -134,7 +152,7 @@ class NoParamsBackbone:
 FAKE_DATASETS = {"letters": "Letters", "returns-dict": "ReturnsDict", "raises-on-load": "RaisesOnLoad",
                  "wrong-shape": "WrongShape", "info-raises": "InfoRaises"}
 FAKE_BACKBONES = {"encoder-none": "EncoderReturnsNone", "encoder-raises": "EncoderRaises",
-                  "wrong-output": "WrongOutputSize", "no-params": "NoParamsBackbone"}
+                  "wrong-output": "WrongOutputSize", "no-params": "NoParamsBackbone", "fails-later": "FailsLater"}
 
 
 @pytest.fixture(scope="module")
@@ -147,20 +165,22 @@ def plugin_dir(tmp_path_factory) -> Path:
     d = tmp_path_factory.mktemp("plugins")
     (d / "jk_fake_plugins.py").write_text(FAKE_PLUGINS)
     (d / "jk_fake_broken.py").write_text("raise ImportError('cannot import name X from torch (plugin bug)')\n")
+    (d / "jk_fake_syntax.py").write_text("import torch\n\nclass Digits(:\n    pass\n")
     return d
 
 
 @pytest.fixture(autouse=True)
 def fake_plugins(monkeypatch, plugin_dir):
     monkeypatch.syspath_prepend(str(plugin_dir))
-    for reg, fakes in ((registry.datasets, {**FAKE_DATASETS, "broken": None}),
+    for reg, fakes in ((registry.datasets, {**FAKE_DATASETS, "broken": None, "syntax-error": "jk_fake_syntax:Digits"}),
                        (registry.backbones, {**FAKE_BACKBONES, "broken-bb": None})):
-        extra = [EntryPoint(name, f"jk_fake_broken:{name}" if attr is None else f"jk_fake_plugins:{attr}", reg.group)
-                 for name, attr in fakes.items()]
+        extra = [EntryPoint(name, f"jk_fake_broken:{name}" if attr is None else attr if ":" in attr
+                            else f"jk_fake_plugins:{attr}", reg.group) for name, attr in fakes.items()]
         original = reg._discover
         monkeypatch.setattr(reg, "_discover", lambda g, original=original, extra=extra: [*original(g), *extra])
         monkeypatch.setattr(reg, "_loaded", {})
-    sys.modules.pop("jk_fake_plugins", None)
+    for module in ("jk_fake_plugins", "jk_fake_broken", "jk_fake_syntax"):
+        sys.modules.pop(module, None)
 
 
 # --- the catalogue ------------------------------------------------------------------------------------
@@ -456,3 +476,37 @@ def test_a_problem_both_splits_share_is_reported_once():
     message = err.value.message
     assert message.startswith("3 data problems:") and message.count("scan7.png") == 1
     assert "auxiliary train split" in message and "auxiliary test split" in message
+
+
+@pytest.mark.parametrize("plugin, file, line", [("broken", "jk_fake_broken.py", 1), ("syntax-error", "jk_fake_syntax.py", 3)])
+def test_a_plugin_that_fails_to_import_is_named_by_its_file_and_line(tmp_path, data_root, plugin, file, line):
+    recipe = write_good_recipe(tmp_path, data_root)
+    result = CliRunner().invoke(app, ["check", str(recipe), "--set", f'primary.dataset="{plugin}"'])
+    out = " ".join(result.output.split())
+    assert result.exit_code == 2 and "failed to import" in out and f"{file}:{line})" in out, result.output
+    assert "Traceback" not in result.output
+
+
+def test_a_plugin_bug_mid_training_names_its_line_and_keeps_the_checkpoint(tmp_path, data_root, plugin_dir,
+                                                                            monkeypatch):
+    """Past the preflight batch (a rare batch at step 2): a plugin error naming the file and line, the step and the
+    kept checkpoint, exit 2 (it used to be "unexpected IndexError" with no location, exit 1); once the plugin is fixed,
+    the same command continues from that checkpoint, as the message says."""
+    recipe = write_good_recipe(tmp_path, data_root)
+    args = ["run", str(recipe), "--set", 'model.primary_backbone={ name = "fails-later" }']
+    monkeypatch.setenv("JK_FAKE_BUG", "1")
+    result = CliRunner().invoke(app, args)
+    out = " ".join(result.output.split())
+    at = f"(at {plugin_dir / 'jk_fake_plugins.py'}:{_line_of(FAKE_PLUGINS, 'raise IndexError')})"
+    assert result.exit_code == 2, result.output
+    assert "jade seed 0: training stopped after step 1: a backbone plugin raised IndexError: plugin bug" in out, out
+    assert at in out and "Traceback" not in result.output
+    ckpt = tmp_path / "out" / "jade" / "seed-0" / "checkpoint.pt"
+    assert f"the last good checkpoint ({ckpt}, step 1) is kept" in out
+    assert io.load_checkpoint(ckpt)[0]["loop"]["step"] == 1
+    monkeypatch.delenv("JK_FAKE_BUG")
+    fixed = CliRunner().invoke(app, args)
+    assert fixed.exit_code == 0 and "jade seed 0: resuming at step 1" in fixed.output, fixed.output
+    metrics = [json.loads(line) for line in (ckpt.parent / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in metrics if r["kind"] == "train"] == [1, 2]
+    assert json.loads((ckpt.parent / "final.json").read_text())["steps"] == 2

@@ -200,7 +200,7 @@ def test_torch_messages_are_cut_at_a_word(trained, tmp_path):
 
 
 def test_brief_cuts_at_a_sentence_or_word():
-    from jadekit.io import brief
+    from jadekit.errors import brief
 
     assert brief("short", 300) == "short"
     assert brief("one\n  two", 300) == "one two"

@@ -12,7 +12,7 @@ from torch.nn import functional as F
 from jadekit.config import DataConfig
 from jadekit.data.base import ImageSet, Split
 from jadekit.data.splits import stratified_subset, train_val_split
-from jadekit.errors import DataError, JadekitError, PluginError, raised_in
+from jadekit.errors import DataError, JadekitError, PluginError, plugin_failure
 
 
 @dataclass(frozen=True)
@@ -52,7 +52,7 @@ def load_split(name: str, adapter, params, cfg: DataConfig, split: Split, expect
         raise
     except Exception as e:  # a plugin bug must not surface as a traceback
         raise PluginError(
-            f"dataset '{name}' failed to load its {split} split: {type(e).__name__}: {e}{raised_in(e, adapter)}",
+            f"dataset '{name}' failed to load its {split} split: {plugin_failure(e, adapter)}",
             hint=f"if a data file is damaged, replace it; else fix or reinstall the plugin that provides '{name}' "
             f"(`jadekit plugins check {name}`; a plugin should raise DataError naming a bad file, docs/plugins.md).",
         ) from e
