@@ -45,6 +45,11 @@ def _git_commit() -> str | None:
     return head.stdout.strip() + ("+dirty" if dirty else "")
 
 
+def cpu_capability() -> str:
+    """The CPU kernel set torch dispatches to ("AVX2", "AVX512", ...): CPU runs repeat bit for bit only on the same."""
+    return torch.backends.cpu.get_cpu_capability()
+
+
 def versions(resolved: Resolved | None = None) -> dict[str, object]:
     """Versions of the stack, and the distribution providing each plugin the recipe names."""
     out: dict[str, object] = {
@@ -56,6 +61,7 @@ def versions(resolved: Resolved | None = None) -> dict[str, object]:
         "timm": _version("timm"),
         "platform": platform.platform(),
         "machine": platform.machine(),
+        "cpu_capability": cpu_capability(),
         "cuda": torch.version.cuda,
     }
     if resolved is not None:

@@ -38,7 +38,7 @@ from jadekit.errors import (
     raised_in,
 )
 from jadekit.io import atomic_write_json, atomic_write_text, refuse_file_as_output_dir
-from jadekit.provenance import versions
+from jadekit.provenance import cpu_capability, versions
 from jadekit.summary import write_summary
 from jadekit.trainer import (
     CHECKPOINT,
@@ -199,20 +199,26 @@ def _check_same_data(run_dir: Path, files: dict[str, dict]) -> None:
 
 
 def _where_it_ran_before(run_dir: Path, device: torch.device) -> list[str]:
-    """A note when a run resumes on another device or CPU thread count than its provenance.json records: its float
-    sums, hence the last bits of its weights, then differ from an uninterrupted run's (`--jobs` splits the threads)."""
+    """Notes when a run resumes on another device, CPU thread count or CPU kernel set (AVX2, AVX512, ...) than its
+    provenance.json records: its float sums, hence the last bits of its weights, then differ from an uninterrupted
+    run's (`--jobs` splits the threads; each kernel set rounds its own way)."""
     before = _read_json_object(run_dir / PROVENANCE)
+    rounding = "the result equals an uninterrupted run's up to float rounding, not bit for bit"
+    notes = []
+    kernels = before.get("versions", {}).get("cpu_capability") if isinstance(before.get("versions"), dict) else None
+    if device.type == "cpu" and isinstance(kernels, str) and kernels != cpu_capability():
+        notes.append(f"resumed on a CPU with {cpu_capability()} kernels, where it ran with {kernels}: {rounding}")
     try:
         was = (str(before["device"]), int(before["threads"]))
     except (KeyError, TypeError, ValueError):
-        return []
+        return notes
     now = (str(device), torch.get_num_threads())
     if device.type != "cpu" and was[0].split(":")[0] == device.type:  # another GPU index (--jobs spreads them): same
-        return []                                                     # arithmetic; threads only shape CPU sums
-    if was == now:
-        return []
-    return [f"resumed on {now[0]} with {now[1]} CPU thread(s), where it ran on {was[0]} with {was[1]}: the result "
-            "equals an uninterrupted run's up to float rounding, not bit for bit (set train.threads to keep them equal)"]
+        return notes                                                  # arithmetic; threads only shape CPU sums
+    if was != now:
+        notes.append(f"resumed on {now[0]} with {now[1]} CPU thread(s), where it ran on {was[0]} with {was[1]}: "
+                     f"{rounding} (set train.threads to keep them equal)")
+    return notes
 
 
 def _check_same_draw(run_dir: Path, drawn: dict) -> None:

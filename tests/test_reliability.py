@@ -604,6 +604,26 @@ def test_a_resume_with_another_thread_count_says_the_last_bits_will_differ(tmp_p
     assert "set train.threads to keep them equal" in said
 
 
+def test_a_resume_on_a_cpu_with_other_kernels_says_the_last_bits_will_differ(tmp_path, write_recipe):
+    """Runs repeat bit for bit only on the same CPU kernel set (AVX2 and AVX512 round differently): provenance.json
+    records it, and a resume on another says so, as for another thread count."""
+    recipe = write_recipe(tmp_path, steps=6)
+    with contextlib.chdir(tmp_path):
+        assert run_cli(["run", str(recipe)]).exit_code == 0
+        provenance = next(tmp_path.rglob("provenance.json"))
+        recorded = json.loads(provenance.read_text())
+        assert recorded["versions"]["cpu_capability"] == torch.backends.cpu.get_cpu_capability()
+        same = run_cli(["run", str(recipe), "--resume", "--set", "train.steps=7"])
+        recorded["versions"]["cpu_capability"] = "NEON-ELSEWHERE"
+        provenance.write_text(json.dumps(recorded))
+        other = run_cli(["run", str(recipe), "--resume", "--set", "train.steps=8"])
+    assert same.exit_code == 0 and "kernels" not in same.output, same.output
+    said = " ".join(other.output.split())
+    assert other.exit_code == 0, other.output
+    assert (f"resumed on a CPU with {torch.backends.cpu.get_cpu_capability()} kernels, where it ran with "
+            "NEON-ELSEWHERE: the result equals an uninterrupted run's up to float rounding") in said, said
+
+
 # --- NaN guard ---------------------------------------------------------------------------------------
 
 
