@@ -63,15 +63,20 @@ def raised_in(e: BaseException, *owners: object) -> str:
     """`" (at FILE:LINE)"`: the innermost line of `e`'s traceback inside the package of one of `owners` (a plugin's
     adapter or backbone, or a module's name), so a plugin's author finds their failing line without a traceback; for
     a SyntaxError, its own file and line. "" when none is there. A built-in owner counts only its own module:
-    jadekit's engine, which calls every plugin, is nobody's code."""
-    roots = [root for owner in owners for root in _package_roots(owner)]
-    places = [(f.filename, f.lineno) for f in reversed(traceback.extract_tb(e.__traceback__))]
-    if isinstance(e, SyntaxError) and e.filename:  # raised by the import machinery, about the file it could not parse
-        places.insert(0, (e.filename, e.lineno))
-    for filename, lineno in places:
-        file = Path(filename).resolve()
-        if any(file == root or file.is_relative_to(root) for root in roots):
-            return f" (at {filename}:{lineno})"
+    jadekit's engine, which calls every plugin, is nobody's code. Never raises: it runs while reporting an error."""
+    try:
+        roots = [root for owner in owners for root in _package_roots(owner)]
+        places = [(f.filename, f.lineno) for f in reversed(traceback.extract_tb(e.__traceback__))]
+        if isinstance(e, SyntaxError) and e.filename:  # raised by the import machinery, about the file it could not parse
+            places.insert(0, (e.filename, e.lineno))
+        for filename, lineno in places:
+            if filename.startswith("<"):  # <frozen importlib._bootstrap>, <string>: no file
+                continue
+            file = Path(filename).resolve()
+            if any(file == root or file.is_relative_to(root) for root in roots):
+                return f" (at {filename}:{lineno})" if lineno else f" (in {filename})"
+    except Exception:  # noqa: BLE001 - an odd finder or path: the message goes without a location
+        pass
     return ""
 
 
@@ -82,13 +87,16 @@ def _package_roots(owner: object) -> list[Path]:
     module = sys.modules.get(name)
     if module is not None:
         places = getattr(module, "__path__", None) or [getattr(module, "__file__", None)]  # a package's folders, or a file
-    else:  # a package that failed to import: where it would have been imported from (finding it imports nothing)
-        try:
-            spec = importlib.util.find_spec(name)
-        except (ImportError, ValueError):
-            return []
+    else:  # a top-level package that failed to import: where it would have come from (finding it imports nothing)
+        spec = importlib.util.find_spec(name)
         places = (spec.submodule_search_locations or [spec.origin]) if spec else []
     return [Path(p).resolve() for p in places if p]
+
+
+def is_out_of_memory(e: BaseException) -> bool:
+    """Whether `e` says the machine (or the GPU) ran out of memory: not a plugin's bug, whichever code asked."""
+    torch_oom = getattr(sys.modules.get("torch"), "OutOfMemoryError", MemoryError)  # no torch imported: no torch OOM
+    return isinstance(e, MemoryError | torch_oom) or "can't allocate memory" in str(e)
 
 
 def plugin_failure(e: BaseException, *owners: object, limit: int = 300) -> str:

@@ -45,9 +45,11 @@ def _git_commit() -> str | None:
     return head.stdout.strip() + ("+dirty" if dirty else "")
 
 
-def cpu_capability() -> str:
-    """The CPU kernel set torch dispatches to ("AVX2", "AVX512", ...): CPU runs repeat bit for bit only on the same."""
-    return torch.backends.cpu.get_cpu_capability()
+def cpu_capability() -> str | None:
+    """The CPU kernel set torch dispatches to ("AVX2", "AVX512", ...): CPU runs repeat bit for bit only on the same.
+    None where this torch cannot tell."""
+    get = getattr(torch.backends.cpu, "get_cpu_capability", None)
+    return get() if get else None
 
 
 def versions(resolved: Resolved | None = None) -> dict[str, object]:

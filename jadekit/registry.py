@@ -115,8 +115,9 @@ class Registry(Generic[T]):
         try:
             obj = EntryPoint(info.name, info.value, self.group).load()
         except Exception as e:  # a broken plugin must only break runs that name it
+            module = info.value.partition(":")[0].strip()
             raise PluginError(
-                f"{self.kind} '{name}' from {info.provider} failed to import: {plugin_failure(e, info.value.split(':')[0])}",
+                f"{self.kind} '{name}' from {info.provider} failed to import: {plugin_failure(e, module)}",
                 hint=f"reinstall or fix {info.distribution}, or pick another {self.kind}.",
             ) from e
         if isinstance(obj, type):  # classes are instantiated without arguments

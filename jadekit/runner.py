@@ -34,6 +34,7 @@ from jadekit.errors import (
     PluginError,
     RunDirError,
     TrainingDiverged,
+    is_out_of_memory,
     plugin_failure,
     raised_in,
 )
@@ -46,7 +47,6 @@ from jadekit.trainer import (
     Checkpointer,
     MetricsWriter,
     apply_optimizer_settings,
-    backbones,
     batch_drawer,
     build_checked_model,
     check_checkpoint,
@@ -199,26 +199,26 @@ def _check_same_data(run_dir: Path, files: dict[str, dict]) -> None:
 
 
 def _where_it_ran_before(run_dir: Path, device: torch.device) -> list[str]:
-    """Notes when a run resumes on another device, CPU thread count or CPU kernel set (AVX2, AVX512, ...) than its
+    """A note when a run resumes on another device, CPU thread count or CPU kernel set (AVX2, AVX512, ...) than its
     provenance.json records: its float sums, hence the last bits of its weights, then differ from an uninterrupted
     run's (`--jobs` splits the threads; each kernel set rounds its own way)."""
     before = _read_json_object(run_dir / PROVENANCE)
-    rounding = "the result equals an uninterrupted run's up to float rounding, not bit for bit"
-    notes = []
-    kernels = before.get("versions", {}).get("cpu_capability") if isinstance(before.get("versions"), dict) else None
-    if device.type == "cpu" and isinstance(kernels, str) and kernels != cpu_capability():
-        notes.append(f"resumed on a CPU with {cpu_capability()} kernels, where it ran with {kernels}: {rounding}")
     try:
         was = (str(before["device"]), int(before["threads"]))
     except (KeyError, TypeError, ValueError):
-        return notes
+        return []
     now = (str(device), torch.get_num_threads())
     if device.type != "cpu" and was[0].split(":")[0] == device.type:  # another GPU index (--jobs spreads them): same
-        return notes                                                  # arithmetic; threads only shape CPU sums
+        return []                                                     # arithmetic; threads only shape CPU sums
+    rounding = "the result equals an uninterrupted run's up to float rounding, not bit for bit"
     if was != now:
-        notes.append(f"resumed on {now[0]} with {now[1]} CPU thread(s), where it ran on {was[0]} with {was[1]}: "
-                     f"{rounding} (set train.threads to keep them equal)")
-    return notes
+        return [f"resumed on {now[0]} with {now[1]} CPU thread(s), where it ran on {was[0]} with {was[1]}: {rounding} "
+                "(set train.threads to keep them equal)"]
+    versions_before = before.get("versions")
+    kernels, kernels_now = versions_before.get("cpu_capability") if isinstance(versions_before, dict) else None, cpu_capability()
+    if device.type == "cpu" and isinstance(kernels, str) and kernels_now is not None and kernels != kernels_now:
+        return [f"resumed on a CPU with {kernels_now} kernels, where it ran with {kernels}: {rounding}"]
+    return []
 
 
 def _check_same_draw(run_dir: Path, drawn: dict) -> None:
@@ -334,8 +334,13 @@ def _train(method: Method, seed: int, resolved: Resolved, cache: DataCache, run_
         return (f"the last good checkpoint ({ckpt_path}, step {checkpointer.last_step}) is kept"
                 if checkpointer.last_step is not None else "no checkpoint had been written yet")
 
+    def rerun() -> str:
+        return ("run the same command again: it continues from that checkpoint" if checkpointer.last_step is not None
+                else "run again")
+
     try:
-        with _plugin_code_failures(lambda: f"{where}: training stopped after step {trainer.state.step}", resolved, kept):
+        with _plugin_code_failures(lambda: f"{where}: training stopped after step {trainer.state.step}", resolved, kept,
+                                   rerun):
             state = fit(trainer.model, trainer.optimizer, trainer.scheduler, batch_drawer(trainer, p, a, t),
                         loss_weights(recipe), validate,
                         plan, trainer.state, all_callbacks, stop_requested)
@@ -349,7 +354,7 @@ def _train(method: Method, seed: int, resolved: Resolved, cache: DataCache, run_
     elapsed = time.perf_counter() - started
     restore_best(trainer.model, state)
 
-    with _plugin_code_failures(lambda: f"{where}: evaluating on the test sets failed", resolved, kept):
+    with _plugin_code_failures(lambda: f"{where}: evaluating on the test sets failed", resolved, kept, rerun):
         primary_test = evaluate_split(trainer.model, p.test_x, p.test_y, "primary")
         auxiliary_test = (evaluate_split(trainer.model, a.test_x, a.test_y, "auxiliary") if trainer.model.uses_auxiliary
                           else {})
@@ -376,18 +381,23 @@ def _train(method: Method, seed: int, resolved: Resolved, cache: DataCache, run_
 
 
 @contextlib.contextmanager
-def _plugin_code_failures(what: Callable[[], str], resolved: Resolved, kept: Callable[[], str]) -> Iterator[None]:
+def _plugin_code_failures(what: Callable[[], str], resolved: Resolved, kept: Callable[[], str],
+                          then: Callable[[], str]) -> Iterator[None]:
     """Report an exception raised in a backbone plugin's own code (past the preflight batch: a rare batch, a later
-    step) as a PluginError naming its file and line and the checkpoint kept; any other passes unchanged."""
+    step) as a PluginError naming the backbone, its file and line and the checkpoint kept. Any other passes unchanged:
+    raised in jadekit's code (a built-in backbone's included) or torch's, or out of memory, it is not the plugin's bug."""
     try:
         yield
     except JadekitError:
         raise
     except Exception as e:
-        if not raised_in(e, *backbones(resolved)):
-            raise  # jadekit's own code, or torch's: "unexpected", with its traceback under JADEKIT_DEBUG
-        raise PluginError(f"{what()}: a backbone plugin raised {plugin_failure(e, *backbones(resolved))}; {kept()}",
-                          hint=f"fix the plugin (`jadekit plugins check` tries one on a batch), then {RESUME_HINT}") from e
+        if is_out_of_memory(e):
+            raise
+        for d in (resolved.primary, resolved.auxiliary):
+            if type(d.backbone).__module__.split(".")[0] != "jadekit" and raised_in(e, d.backbone):
+                raise PluginError(f"{what()}: backbone '{d.backbone_name}' raised {plugin_failure(e, d.backbone)}; {kept()}",
+                                  hint=f"fix the plugin, then {then()}.") from e
+        raise  # "unexpected", with its traceback under JADEKIT_DEBUG
 
 
 def _read_json_object(path: Path) -> dict:

@@ -21,7 +21,7 @@ from jadekit.engine.augment import random_rotate_scale, random_shift
 from jadekit.engine.evaluate import predict_logits, to_float
 from jadekit.engine.loop import Callback, LoopState
 from jadekit.engine.models import Batch, LossWeights
-from jadekit.errors import JadekitError, PluginError, RunDirError, brief, first_line, plugin_failure
+from jadekit.errors import JadekitError, PluginError, RunDirError, brief, first_line, is_out_of_memory, plugin_failure
 from jadekit.io import append_jsonl, load_checkpoint, save_checkpoint, truncate_jsonl
 
 CHECKPOINT = "checkpoint.pt"
@@ -201,7 +201,7 @@ def build_checked_model(method: Method, resolved: Resolved) -> torch.nn.Module:
     except JadekitError:
         raise
     except Exception as e:  # a backbone bug must not surface as a traceback
-        if isinstance(e, MemoryError | getattr(torch, "OutOfMemoryError", MemoryError)) or "can't allocate memory" in str(e):
+        if is_out_of_memory(e):
             raise JadekitError(f"the '{method}' model is too large for this machine's memory: {first_line(e, 200)}",
                                hint="lower model.classifier_hidden or model.latent_dim, or the backbones' params "
                                     "(`jadekit describe` prints each module's parameter count).") from None

@@ -128,10 +128,14 @@ class WrongOutputSize(PaperMNIST):
 class _FailsOnSecondStep(torch.nn.Module):
     def __init__(self, inner):
         super().__init__()
-        self.inner, self.steps = inner, 0
+        self.inner, self.steps, self.fail_now = inner, 0, False
     def forward(self, x):
+        if self.fail_now:
+            raise KeyError("plugin bug on the test set")
         if torch.is_grad_enabled():  # a training step, not the no-grad preflight batch
             self.steps += 1
+            if self.steps == 2 and os.environ.get("JK_FAKE_BUG") == "oom":
+                raise MemoryError("can't allocate memory")
             if self.steps == 2 and os.environ.get("JK_FAKE_BUG"):  # unset: the plugin is "fixed"
                 raise IndexError("plugin bug on a rare batch")
         return self.inner(x)
@@ -499,7 +503,7 @@ def test_a_plugin_bug_mid_training_names_its_line_and_keeps_the_checkpoint(tmp_p
     out = " ".join(result.output.split())
     at = f"(at {plugin_dir / 'jk_fake_plugins.py'}:{_line_of(FAKE_PLUGINS, 'raise IndexError')})"
     assert result.exit_code == 2, result.output
-    assert "jade seed 0: training stopped after step 1: a backbone plugin raised IndexError: plugin bug" in out, out
+    assert "jade seed 0: training stopped after step 1: backbone 'fails-later' raised IndexError: plugin bug" in out, out
     assert at in out and "Traceback" not in result.output
     ckpt = tmp_path / "out" / "jade" / "seed-0" / "checkpoint.pt"
     assert f"the last good checkpoint ({ckpt}, step 1) is kept" in out
@@ -510,3 +514,68 @@ def test_a_plugin_bug_mid_training_names_its_line_and_keeps_the_checkpoint(tmp_p
     metrics = [json.loads(line) for line in (ckpt.parent / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in metrics if r["kind"] == "train"] == [1, 2]
     assert json.loads((ckpt.parent / "final.json").read_text())["steps"] == 2
+    assert "fix: fix the plugin, then run the same command again: it continues from that checkpoint." in result.output
+
+
+def test_a_plugin_bug_on_the_test_sets_names_its_line_and_a_rerun_only_evaluates(tmp_path, data_root, plugin_dir,
+                                                                                 monkeypatch):
+    """Training finished, the backbone's code fails on the test sets: the same plugin error, exit 2, and the final
+    checkpoint kept, from which the rerun only evaluates."""
+    from jadekit import runner
+
+    def restore_then_break(model, state):  # the step between training and the test sets
+        restore_best(model, state)
+        model.primary_encoder.fail_now = True
+
+    restore_best = runner.restore_best
+    monkeypatch.setattr(runner, "restore_best", restore_then_break)
+    recipe = write_good_recipe(tmp_path, data_root)
+    args = ["run", str(recipe), "--set", 'model.primary_backbone={ name = "fails-later" }']
+    result = CliRunner().invoke(app, args)
+    out = " ".join(result.output.split())
+    at = f"(at {plugin_dir / 'jk_fake_plugins.py'}:{_line_of(FAKE_PLUGINS, 'raise KeyError')})"
+    assert result.exit_code == 2, result.output
+    assert "jade seed 0: evaluating on the test sets failed: backbone 'fails-later' raised " in out, out
+    assert "KeyError: 'plugin bug on the test set' " + at in out, out
+    monkeypatch.setattr(runner, "restore_best", restore_best)
+    fixed = CliRunner().invoke(app, args)
+    assert fixed.exit_code == 0 and "jade seed 0: resuming at step 2" in fixed.output, fixed.output
+
+
+def test_a_plugin_running_out_of_memory_mid_training_is_not_called_its_bug(tmp_path, data_root, monkeypatch):
+    recipe = write_good_recipe(tmp_path, data_root)
+    monkeypatch.setenv("JK_FAKE_BUG", "oom")
+    result = CliRunner().invoke(app, ["run", str(recipe), "--set", 'model.primary_backbone={ name = "fails-later" }'])
+    assert result.exit_code == 1 and "unexpected MemoryError: can't allocate memory" in result.output, result.output
+
+
+def test_an_exception_in_a_built_in_backbones_code_is_not_blamed_on_a_plugin(tmp_path, monkeypatch):
+    """A built-in backbone is jadekit's code: its failure mid-training stays "unexpected" (a bug to report)."""
+    import importlib.util
+    from types import SimpleNamespace
+
+    from jadekit.runner import _plugin_code_failures
+
+    (tmp_path / "builtin_bb.py").write_text("class Backbone:\n    def forward(self):\n        raise IndexError('ours')\n")
+    spec = importlib.util.spec_from_file_location("jadekit.backbones.builtin_bb", tmp_path / "builtin_bb.py")
+    module = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, "jadekit.backbones.builtin_bb", module)
+    spec.loader.exec_module(module)
+    domain = SimpleNamespace(backbone=module.Backbone(), backbone_name="built-in")
+    resolved = SimpleNamespace(primary=domain, auxiliary=domain)
+    with pytest.raises(IndexError, match="ours"):
+        with _plugin_code_failures(lambda: "run", resolved, lambda: "kept", lambda: "rerun"):
+            module.Backbone().forward()
+
+
+def test_raised_in_never_fails_while_reporting(tmp_path):
+    from jadekit.errors import raised_in
+
+    try:
+        raise ValueError("x")
+    except ValueError as e:
+        error = e
+    for owner in ("no_such_package_anywhere", "", ".relative", object(), None):
+        assert raised_in(error, owner) == ""
+    syntax = SyntaxError("bad", (str(tmp_path / "plug.py"), None, None, ""))
+    assert raised_in(syntax, str(tmp_path / "plug.py")) == ""  # no such module: no location, no crash
