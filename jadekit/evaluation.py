@@ -13,7 +13,7 @@ from pydantic import BaseModel, ValidationError
 from torch import nn
 
 from jadekit import registry
-from jadekit.build import DOMAINS, Resolved, build_model, resolve
+from jadekit.build import DOMAINS, Resolved, resolve
 from jadekit.config import (
     METHODS,
     DataConfig,
@@ -32,7 +32,7 @@ from jadekit.errors import DataError, MissingFilesError, RecipeError, RunDirErro
 from jadekit.io import atomic_write_json, atomic_write_text, load_checkpoint
 from jadekit.metrics import classification_report, group_report
 from jadekit.summary import fmt, mean_std, method_order, seed_differences, summarize, to_markdown
-from jadekit.trainer import CHECKPOINT, has_checkpoint
+from jadekit.trainer import CHECKPOINT, build_checked_model, has_checkpoint, plugin_code_failures
 
 RECIPE_FILE = "recipe.toml"
 OWN = "recipe"  # dataset label of an evaluation on the recipe's own test splits
@@ -105,7 +105,7 @@ def load_run(run_dir: Path, overrides: list[str] | None = None, device: torch.de
         raise RunDirError(f"cannot tell which method {run_dir} trained (got {method!r})",
                           hint="keep the `<method>/seed-<n>` layout or the run's final.json.")
     state, notes = load_checkpoint(run_dir / CHECKPOINT)
-    model = build_model(method, resolved)
+    model = build_checked_model(method, resolved)
     loop = state.get("loop") or {}
     weights = loop.get("best_model") or state.get("model")
     try:
@@ -281,14 +281,16 @@ def elbo_terms(run: LoadedRun, images: torch.Tensor, labels: torch.Tensor, domai
 def evaluate_set(run: LoadedRun, s: EvalSet) -> dict:
     """Every metric of `jadekit.metrics` (and the ELBO terms for jade) on one set, with what the set was; for data
     with groups (patients) also `per_group`: the same metrics of one prediction per group."""
-    logits = predict_logits(run.model, s.data.images.to(run.device), s.domain)  # type: ignore[arg-type]
+    with plugin_code_failures(run.resolved, lambda: f"scoring {s.dataset} ({s.split}) with {run.run_dir}"):
+        logits = predict_logits(run.model, s.data.images.to(run.device), s.domain)  # type: ignore[arg-type]
     names = run.resolved.class_names
     result = {"dataset": s.dataset, "split": s.split, "domain": s.domain, "data": data_record(s),
               **classification_report(logits.cpu(), s.data.labels, names)}
     if s.data.groups is not None:  # e.g. patients: one prediction each, from the mean probability of its images
         result["per_group"] = group_report(logits.cpu(), s.data.labels, s.data.groups, names)
     if run.method == "jade":
-        result["elbo"] = elbo_terms(run, s.data.images, s.data.labels, s.domain)
+        with plugin_code_failures(run.resolved, lambda: f"scoring {s.dataset} ({s.split}) with {run.run_dir}"):
+            result["elbo"] = elbo_terms(run, s.data.images, s.data.labels, s.domain)
     return result
 
 

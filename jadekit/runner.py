@@ -31,12 +31,8 @@ from jadekit.errors import (
     Interrupted,
     JadekitError,
     MissingFilesError,
-    PluginError,
     RunDirError,
     TrainingDiverged,
-    is_out_of_memory,
-    plugin_failure,
-    raised_in,
 )
 from jadekit.io import atomic_write_json, atomic_write_text, refuse_file_as_output_dir
 from jadekit.provenance import cpu_capability, versions
@@ -54,6 +50,7 @@ from jadekit.trainer import (
     loss_weights,
     make_sampler,
     make_trainer,
+    plugin_code_failures,
     probe_model,
     resume_from_checkpoint,
 )
@@ -339,8 +336,8 @@ def _train(method: Method, seed: int, resolved: Resolved, cache: DataCache, run_
                 else "run again")
 
     try:
-        with _plugin_code_failures(lambda: f"{where}: training stopped after step {trainer.state.step}", resolved, kept,
-                                   rerun):
+        with plugin_code_failures(resolved, lambda: f"{where}: training stopped after step {trainer.state.step}", kept,
+                                  rerun):
             state = fit(trainer.model, trainer.optimizer, trainer.scheduler, batch_drawer(trainer, p, a, t),
                         loss_weights(recipe), validate,
                         plan, trainer.state, all_callbacks, stop_requested)
@@ -354,7 +351,7 @@ def _train(method: Method, seed: int, resolved: Resolved, cache: DataCache, run_
     elapsed = time.perf_counter() - started
     restore_best(trainer.model, state)
 
-    with _plugin_code_failures(lambda: f"{where}: evaluating on the test sets failed", resolved, kept, rerun):
+    with plugin_code_failures(resolved, lambda: f"{where}: evaluating on the test sets failed", kept, rerun):
         primary_test = evaluate_split(trainer.model, p.test_x, p.test_y, "primary")
         auxiliary_test = (evaluate_split(trainer.model, a.test_x, a.test_y, "auxiliary") if trainer.model.uses_auxiliary
                           else {})
@@ -378,26 +375,6 @@ def _train(method: Method, seed: int, resolved: Resolved, cache: DataCache, run_
     }
     atomic_write_json(run_dir / FINAL, final)
     return final
-
-
-@contextlib.contextmanager
-def _plugin_code_failures(what: Callable[[], str], resolved: Resolved, kept: Callable[[], str],
-                          then: Callable[[], str]) -> Iterator[None]:
-    """Report an exception raised in a backbone plugin's own code (past the preflight batch: a rare batch, a later
-    step) as a PluginError naming the backbone, its file and line and the checkpoint kept. Any other passes unchanged:
-    raised in jadekit's code (a built-in backbone's included) or torch's, or out of memory, it is not the plugin's bug."""
-    try:
-        yield
-    except JadekitError:
-        raise
-    except Exception as e:
-        if is_out_of_memory(e):
-            raise
-        for d in (resolved.primary, resolved.auxiliary):
-            if type(d.backbone).__module__.split(".")[0] != "jadekit" and raised_in(e, d.backbone):
-                raise PluginError(f"{what()}: backbone '{d.backbone_name}' raised {plugin_failure(e, d.backbone)}; {kept()}",
-                                  hint=f"fix the plugin, then {then()}.") from e
-        raise  # "unexpected", with its traceback under JADEKIT_DEBUG
 
 
 def _read_json_object(path: Path) -> dict:

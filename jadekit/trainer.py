@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -21,7 +22,16 @@ from jadekit.engine.augment import random_rotate_scale, random_shift
 from jadekit.engine.evaluate import predict_logits, to_float
 from jadekit.engine.loop import Callback, LoopState
 from jadekit.engine.models import Batch, LossWeights
-from jadekit.errors import JadekitError, PluginError, RunDirError, brief, first_line, is_out_of_memory, plugin_failure
+from jadekit.errors import (
+    JadekitError,
+    PluginError,
+    RunDirError,
+    brief,
+    first_line,
+    is_out_of_memory,
+    plugin_failure,
+    raised_in,
+)
 from jadekit.io import append_jsonl, load_checkpoint, save_checkpoint, truncate_jsonl
 
 CHECKPOINT = "checkpoint.pt"
@@ -191,6 +201,31 @@ def batch_drawer(trainer: Trainer, p: DomainData, a: DomainData, train: TrainCon
 def backbones(resolved: Resolved) -> tuple[object, object]:
     """The primary and auxiliary backbone plugins: the code `plugin_failure` looks for in a model's failure."""
     return resolved.primary.backbone, resolved.auxiliary.backbone
+
+
+@contextlib.contextmanager
+def plugin_code_failures(resolved: Resolved, what: Callable[[], str], kept: Callable[[], str] = lambda: "",
+                         then: Callable[[], str] = lambda: "run the same command again") -> Iterator[None]:
+    """Turn an exception from a model's forward pass (past the preflight batch: a rare batch, a later step, the test
+    sets) into one clear error. Raised in a backbone plugin's own code: a PluginError naming the backbone, its file and
+    line. Out of memory: a JadekitError saying so. Both add `kept()` (what survived). Anything else passes unchanged,
+    to be reported as unexpected: raised only in jadekit's code (a built-in backbone's included) or torch's, it is
+    not the plugin's bug."""
+    try:
+        yield
+    except JadekitError:
+        raise
+    except Exception as e:
+        survived = f"; {kept()}" if kept() else ""
+        if is_out_of_memory(e):
+            raise JadekitError(f"{what()}: out of memory: {brief(first_line(e, 100_000), 200)}{survived}",
+                               hint="free memory (fewer runs or --jobs at once, other processes), or make the batch or "
+                                    f"the model smaller; then {then()}.") from e
+        for d in (resolved.primary, resolved.auxiliary):
+            if type(d.backbone).__module__.split(".")[0] != "jadekit" and raised_in(e, d.backbone):
+                raise PluginError(f"{what()}: backbone '{d.backbone_name}' raised {plugin_failure(e, d.backbone)}{survived}",
+                                  hint=f"fix the plugin, then {then()}.") from e
+        raise  # "unexpected", with its traceback under JADEKIT_DEBUG
 
 
 def build_checked_model(method: Method, resolved: Resolved) -> torch.nn.Module:

@@ -130,7 +130,7 @@ class _FailsOnSecondStep(torch.nn.Module):
         super().__init__()
         self.inner, self.steps, self.fail_now = inner, 0, False
     def forward(self, x):
-        if self.fail_now:
+        if self.fail_now or (os.environ.get("JK_FAKE_BUG") == "eval" and not torch.is_grad_enabled()):
             raise KeyError("plugin bug on the test set")
         if torch.is_grad_enabled():  # a training step, not the no-grad preflight batch
             self.steps += 1
@@ -542,11 +542,28 @@ def test_a_plugin_bug_on_the_test_sets_names_its_line_and_a_rerun_only_evaluates
     assert fixed.exit_code == 0 and "jade seed 0: resuming at step 2" in fixed.output, fixed.output
 
 
-def test_a_plugin_running_out_of_memory_mid_training_is_not_called_its_bug(tmp_path, data_root, monkeypatch):
+def test_running_out_of_memory_mid_training_says_so_and_keeps_the_checkpoint(tmp_path, data_root, monkeypatch):
+    """Not "unexpected ... a bug in jadekit or a plugin", nor the plugin's bug though its code asked for the memory."""
     recipe = write_good_recipe(tmp_path, data_root)
     monkeypatch.setenv("JK_FAKE_BUG", "oom")
     result = CliRunner().invoke(app, ["run", str(recipe), "--set", 'model.primary_backbone={ name = "fails-later" }'])
-    assert result.exit_code == 1 and "unexpected MemoryError: can't allocate memory" in result.output, result.output
+    out = " ".join(result.output.split())
+    assert result.exit_code == 2, result.output
+    assert "jade seed 0: training stopped after step 1: out of memory: can't allocate memory; " in out, out
+    assert "the last good checkpoint" in out and "fix: free memory" in out and "backbone" not in out, out
+
+
+def test_a_plugin_bug_in_jadekit_eval_names_its_line(tmp_path, data_root, plugin_dir, monkeypatch):
+    recipe = write_good_recipe(tmp_path, data_root)
+    assert CliRunner().invoke(app, ["run", str(recipe), "--set", 'model.primary_backbone={ name = "fails-later" }']
+                              ).exit_code == 0
+    monkeypatch.setenv("JK_FAKE_BUG", "eval")
+    run_dir = tmp_path / "out" / "jade" / "seed-0"
+    result = CliRunner().invoke(app, ["eval", str(run_dir)])
+    out = " ".join(result.output.split())
+    at = f"(at {plugin_dir / 'jk_fake_plugins.py'}:{_line_of(FAKE_PLUGINS, 'raise KeyError')})"
+    assert result.exit_code == 2 and f"with {run_dir}: backbone 'fails-later' raised KeyError" in out, result.output
+    assert at in out and "Traceback" not in result.output
 
 
 def test_an_exception_in_a_built_in_backbones_code_is_not_blamed_on_a_plugin(tmp_path, monkeypatch):
@@ -554,7 +571,7 @@ def test_an_exception_in_a_built_in_backbones_code_is_not_blamed_on_a_plugin(tmp
     import importlib.util
     from types import SimpleNamespace
 
-    from jadekit.runner import _plugin_code_failures
+    from jadekit.trainer import plugin_code_failures
 
     (tmp_path / "builtin_bb.py").write_text("class Backbone:\n    def forward(self):\n        raise IndexError('ours')\n")
     spec = importlib.util.spec_from_file_location("jadekit.backbones.builtin_bb", tmp_path / "builtin_bb.py")
@@ -564,7 +581,7 @@ def test_an_exception_in_a_built_in_backbones_code_is_not_blamed_on_a_plugin(tmp
     domain = SimpleNamespace(backbone=module.Backbone(), backbone_name="built-in")
     resolved = SimpleNamespace(primary=domain, auxiliary=domain)
     with pytest.raises(IndexError, match="ours"):
-        with _plugin_code_failures(lambda: "run", resolved, lambda: "kept", lambda: "rerun"):
+        with plugin_code_failures(resolved, lambda: "run", lambda: "kept", lambda: "rerun"):
             module.Backbone().forward()
 
 
