@@ -553,16 +553,17 @@ def test_running_out_of_memory_mid_training_says_so_and_keeps_the_checkpoint(tmp
     assert "the last good checkpoint" in out and "fix: free memory" in out and "backbone" not in out, out
 
 
-def test_a_plugin_bug_in_jadekit_eval_names_its_line(tmp_path, data_root, plugin_dir, monkeypatch):
+@pytest.mark.parametrize("command, doing", [("eval", "scoring usps (test) with"), ("report", "building the report of")])
+def test_a_plugin_bug_in_eval_or_report_names_its_line(tmp_path, data_root, plugin_dir, monkeypatch, command, doing):
     recipe = write_good_recipe(tmp_path, data_root)
     assert CliRunner().invoke(app, ["run", str(recipe), "--set", 'model.primary_backbone={ name = "fails-later" }']
                               ).exit_code == 0
     monkeypatch.setenv("JK_FAKE_BUG", "eval")
     run_dir = tmp_path / "out" / "jade" / "seed-0"
-    result = CliRunner().invoke(app, ["eval", str(run_dir)])
+    result = CliRunner().invoke(app, [command, str(run_dir)])
     out = " ".join(result.output.split())
     at = f"(at {plugin_dir / 'jk_fake_plugins.py'}:{_line_of(FAKE_PLUGINS, 'raise KeyError')})"
-    assert result.exit_code == 2 and f"with {run_dir}: backbone 'fails-later' raised KeyError" in out, result.output
+    assert result.exit_code == 2 and f"{doing} {run_dir}: backbone 'fails-later' raised KeyError" in out, result.output
     assert at in out and "Traceback" not in result.output
 
 

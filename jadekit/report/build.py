@@ -15,6 +15,7 @@ from jadekit.evaluation import LoadedRun, load_run, own_test_sets, trained_steps
 from jadekit.io import atomic_write_json, atomic_write_text, read_jsonl
 from jadekit.report import figures
 from jadekit.report.latents import decode, encode, linear_probe, normalised, pca2
+from jadekit.trainer import plugin_code_failures
 
 
 @dataclass
@@ -39,6 +40,11 @@ def build_report(run_dir: Path, out_dir: Path | None = None, device: str | torch
                  max_samples: int = 1000, seed: int = 0) -> Report:
     """Build every figure that applies to the run's method (all of them for jade)."""
     run = load_run(run_dir, device=device)
+    with plugin_code_failures(run.resolved, lambda: f"building the report of {run.run_dir}"):  # the encoders run here
+        return _build(run, out_dir, max_samples, seed)
+
+
+def _build(run: LoadedRun, out_dir: Path | None, max_samples: int, seed: int) -> Report:
     out = Path(out_dir) if out_dir else run.run_dir / "report"
     out.mkdir(parents=True, exist_ok=True)
     rep = Report(out, run.weights)
