@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import subprocess
@@ -70,3 +71,43 @@ def test_protocol_script_trains_every_seed_and_method_and_writes_each_budget_sum
     assert sorted((r["method"], r["seed"]) for r in rows) == sorted((m, s) for m in ("single", "paired", "jade") for s in (0, 1))
     assert all(0 <= r["primary_last"] <= 100 and r["limit"] == 2000 for r in rows)
     assert all("auxiliary_kept" in r for r in rows if r["method"] != "single")
+
+
+def test_step_breakdown_wrappers_compute_the_same_function_and_gradients():
+    """`benchmarks/step_breakdown.py` times layers by replacing them: the replaced model must train identically."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        from step_breakdown import instrument
+    finally:
+        sys.path.remove(str(ROOT / "benchmarks"))
+    import torch
+    from torch import nn
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.MaxPool2d(2), nn.ReLU(),
+                          nn.Conv2d(4, 3, 3, stride=2, padding=1, bias=False), nn.MaxPool2d(2, ceil_mode=True))
+    timed = copy.deepcopy(model)
+    timings = instrument(timed)
+    assert sorted(timings) == ["0 conv 1->4", "1 max-pool", "3 conv 4->3", "4 max-pool"]
+    x = torch.rand(2, 1, 13, 13, requires_grad=True)
+    grads = []
+    for m in (model, timed):
+        x.grad = None
+        m(x).square().sum().backward()
+        grads.append([x.grad.clone(), *(p.grad.clone() for p in m.parameters())])
+    assert all(torch.equal(a, b) for a, b in zip(*grads, strict=True)) and len(grads[0]) == 4
+    assert all(len(t["forward"]) == len(t["backward"]) == 1 for t in timings.values())
+
+
+def test_step_breakdown_times_every_conv_and_pool_of_a_jade_step(tmp_path):
+    if not (SHARED_DATA / "MNIST").is_dir() or not (SHARED_DATA / "USPS").is_dir():
+        pytest.skip(f"real data not found under {SHARED_DATA}")
+    out = tmp_path / "breakdown.json"
+    result = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "step_breakdown.py"), "--steps", "2", "--warmup",
+                             "1", "--json", str(out)], capture_output=True, text=True,
+                            env={**os.environ, "JADEKIT_DATA": str(SHARED_DATA)}, timeout=600)
+    assert result.returncode == 0, result.stderr[-2000:]
+    report = json.loads(out.read_text())
+    assert report["step_ms"] > 0 and len(report["layers"]) == 16  # 2 encoders x (3 convs + 3 pools) + 2 decoders x 2 convs
+    assert all(r["forward_ms"] > 0 and r["backward_ms"] > 0 for r in report["layers"].values())
+    assert sum("gflops" in r for r in report["layers"].values()) == 10
