@@ -7,7 +7,7 @@ the data resident as uint8 tensors, draws batches by index, normalises per batch
 channels-last. Also reports jadekit's achieved GFLOP/s against this machine's measured
 dense-convolution peak.
 
-    JADEKIT_DATA=../shared/data python benchmarks/throughput.py [--steps 40] [--device cpu|cuda] [--json out.json]
+    JADEKIT_DATA=../shared/data python benchmarks/throughput.py [--steps 40] [--device cpu|cuda] [--threads 1] [--json out.json]
 
 On CUDA both paths run on the GPU: jadekit's data is resident in GPU memory, the reference
 copies each DataLoader batch to it (the usual loop).
@@ -201,7 +201,11 @@ def main() -> None:
     parser.add_argument("--device", default="cpu", help="cpu or cuda[:N]: where both paths run")
     parser.add_argument("--precision", choices=("fp32", "bf16"), default="fp32", help="jadekit's training precision (train.precision)")
     parser.add_argument("--json", type=Path, help="also write the results here")
+    parser.add_argument("--threads", type=int, help="CPU threads for both paths and the peak (default: torch's, one per "
+                                                      "core); 1 is the protocol's setting, one process per core")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     root = Path(os.environ.get("JADEKIT_DATA", "~/.cache/jadekit")).expanduser()
     # No augmentation: the reference has none either, so both paths do the same work per step.

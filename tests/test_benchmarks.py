@@ -20,7 +20,8 @@ def test_throughput_benchmark_runs_and_reports_every_ratio(tmp_path):
     if not (SHARED_DATA / "MNIST").is_dir() or not (SHARED_DATA / "USPS").is_dir():
         pytest.skip(f"real data not found under {SHARED_DATA}")
     out = tmp_path / "throughput.json"
-    result = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "throughput.py"), "--steps", "2", "--json", str(out)],
+    result = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "throughput.py"), "--steps", "2", "--threads", "1",
+                             "--json", str(out)],
                             capture_output=True, text=True, env={**os.environ, "JADEKIT_DATA": str(SHARED_DATA)},
                             timeout=600)
     assert result.returncode == 0, result.stderr[-2000:]
@@ -31,6 +32,7 @@ def test_throughput_benchmark_runs_and_reports_every_ratio(tmp_path):
         # two timings on a shared machine: their ratio is the benchmark's to report, not a test's to bound
         assert 0 < timing["share_of_conv_peak"] < float("inf")
     assert report["eval"]["ratio"] > 0 and report["conv_peak_gflops"] > 0
+    assert report["threads"] == 1  # --threads: both paths and the peak on one core, the protocol's setting
 
 
 @pytest.mark.parametrize("split_methods", ["0", "1"])
