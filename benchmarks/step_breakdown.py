@@ -5,7 +5,8 @@ backward's zero fill that takes under 1 ms: docs/results.md, Speed), and a layer
 is slower than inside the step (cold memory, page faults). So this script runs the protocol's recipe
 through `make_trainer`, `batch_drawer` and `fit`, with every `Conv2d` and `MaxPool2d` replaced by a
 module that runs the same aten ops inside an autograd Function and times them with `perf_counter`.
-The step time is measured first on the unwrapped model.
+The step time, and its phases (drawing the batch, the forward pass, the optimizer), are measured first
+on the unwrapped model.
 
     JADEKIT_DATA=../shared/data python benchmarks/step_breakdown.py [--method jade] [--threads 1] [--json out.json]
 """
@@ -17,6 +18,7 @@ import dataclasses
 import json
 import statistics
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -97,6 +99,17 @@ class _Timed(nn.Module):
         return y
 
 
+def _timed_call(f: Callable, times: list[float]) -> Callable:
+    """`f`, appending each call's seconds to `times`."""
+    def call(*args, **kwargs):
+        start = time.perf_counter()
+        out = f(*args, **kwargs)
+        times.append(time.perf_counter() - start)
+        return out
+
+    return call
+
+
 def instrument(model: nn.Module) -> Timings:
     """Replace every plain `Conv2d` and `MaxPool2d` of `model` by a timed one (same ops, same parameters)."""
     timings: Timings = {}
@@ -127,9 +140,16 @@ def main() -> None:
     plan = LoopPlan(10**9, 10**9, 10**9)
 
     def train(timed: bool) -> tuple[float, Timings]:
+        """ms per step, and the layers' timings (timed=True) or the step's phases' (timed=False)."""
         trainer = make_trainer(args.method, resolved, data, 0, torch.device("cpu"))
-        timings = instrument(trainer.model) if timed else {}
         draw = batch_drawer(trainer, data["primary"], data["auxiliary"], resolved.recipe.train)
+        if timed:
+            timings = instrument(trainer.model)
+        else:  # the phases `fit` calls, each wrapped in place (the optimizer's own step wrapper still runs)
+            timings = {"phases": {"draw": [], "forward": [], "optimizer": []}}
+            draw = _timed_call(draw, timings["phases"]["draw"])
+            trainer.model.loss_terms = _timed_call(trainer.model.loss_terms, timings["phases"]["forward"])
+            trainer.optimizer.step = _timed_call(trainer.optimizer.step, timings["phases"]["optimizer"])
 
         def run(steps: int) -> None:
             fit(trainer.model, trainer.optimizer, trainer.scheduler, draw, loss_weights(resolved.recipe),
@@ -144,7 +164,9 @@ def main() -> None:
         run(args.steps)
         return (time.perf_counter() - start) / args.steps * 1000, timings
 
-    step_ms, _ = train(timed=False)
+    step_ms, phase_times = train(timed=False)
+    phases = {k: statistics.fmean(v) * 1000 for k, v in phase_times["phases"].items()}
+    phases["backward and the rest"] = step_ms - sum(phases.values())
     timed_step_ms, timings = train(timed=True)
     layers = {}
     for name, t in timings.items():
@@ -153,7 +175,9 @@ def main() -> None:
         if t["flops"]:
             layers[name]["gflops"] = t["flops"][-1] / (fwd + bwd) / 1e6
     print(f"{args.method} step: {step_ms:.1f} ms ({timed_step_ms:.1f} ms with the timing wrappers), "
-          f"{args.threads} thread(s), medians over {args.steps} steps")
+          f"{args.threads} thread(s), over {args.steps} steps")
+    print("  phases (means): " + ", ".join(f"{k} {v:.1f}" for k, v in phases.items()) + " ms")
+    print("  each layer (medians):")
     for name, r in layers.items():
         rate = f"{r['gflops']:6.1f} GFLOP/s" if "gflops" in r else ""
         print(f"  {name:50s} fwd {r['forward_ms']:6.2f}  bwd {r['backward_ms']:6.2f} ms  {rate}")
@@ -161,7 +185,8 @@ def main() -> None:
     print(f"  all of these: {total:.1f} ms a step")
     if args.json:
         args.json.write_text(json.dumps({"method": args.method, "threads": args.threads, "step_ms": step_ms,
-                                         "timed_step_ms": timed_step_ms, "layers": layers}, indent=2))
+                                         "phases_ms": phases, "timed_step_ms": timed_step_ms, "layers": layers},
+                                        indent=2))
 
 
 if __name__ == "__main__":

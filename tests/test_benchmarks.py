@@ -110,6 +110,9 @@ def test_step_breakdown_times_every_conv_and_pool_of_a_jade_step(tmp_path):
                             env={**os.environ, "JADEKIT_DATA": str(SHARED_DATA)}, timeout=600)
     assert result.returncode == 0, result.stderr[-2000:]
     report = json.loads(out.read_text())
+    phases = report["phases_ms"]
+    assert list(phases) == ["draw", "forward", "optimizer", "backward and the rest"]
+    assert all(v > 0 for v in phases.values()) and sum(phases.values()) == pytest.approx(report["step_ms"])
     assert report["step_ms"] > 0 and len(report["layers"]) == 16  # 2 encoders x (3 convs + 3 pools) + 2 decoders x 2 convs
     assert all(r["forward_ms"] > 0 and r["backward_ms"] > 0 for r in report["layers"].values())
     assert sum("gflops" in r for r in report["layers"].values()) == 10
