@@ -29,7 +29,7 @@ from jadekit.data.base import ImageSet, Split
 from jadekit.data.prepare import fingerprint, load_split
 from jadekit.engine.evaluate import predict_logits, to_float
 from jadekit.errors import DataError, MissingFilesError, RecipeError, RunDirError, brief, first_line, plugin_failure
-from jadekit.io import atomic_write_json, atomic_write_text, load_checkpoint
+from jadekit.io import atomic_write_json, atomic_write_text, load_checkpoint, read_json_object
 from jadekit.metrics import classification_report, group_report
 from jadekit.summary import fmt, mean_std, method_order, seed_differences, summarize, to_markdown
 from jadekit.trainer import CHECKPOINT, build_checked_model, has_checkpoint, plugin_code_failures
@@ -59,12 +59,10 @@ class LoadedRun:
 
 def _run_identity(run_dir: Path) -> tuple[str | None, int | None]:
     """Method and seed from final.json / provenance.json, else from `<method>/seed-<n>`."""
-    for name in ("final.json", "provenance.json"):
-        try:
-            d = json.loads((run_dir / name).read_text())
-            return d.get("method"), d.get("seed")
-        except (OSError, json.JSONDecodeError):
-            continue
+    for name in ("final.json", "provenance.json"):  # a damaged one is skipped
+        d = read_json_object(run_dir / name)
+        if d.get("method") is not None:
+            return d["method"], d.get("seed")
     seed = run_dir.name.removeprefix("seed-")
     return run_dir.parent.name, int(seed) if seed.isdigit() else None
 

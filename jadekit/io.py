@@ -104,6 +104,15 @@ def atomic_write_json(path: Path, obj: Any) -> None:
     atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n")
 
 
+def read_json_object(path: Path) -> dict[str, Any]:
+    """A JSON file's object, or {} when it is missing, unreadable, damaged or not an object."""
+    try:
+        content = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError):  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        return {}
+    return content if isinstance(content, dict) else {}
+
+
 def append_jsonl(path: Path, record: dict[str, Any]) -> None:
     """Append one JSON line and fsync it (a crash can only tear the last line)."""
     with open(path, "a", encoding="utf-8") as f:

@@ -34,7 +34,7 @@ from jadekit.errors import (
     RunDirError,
     TrainingDiverged,
 )
-from jadekit.io import atomic_write_json, atomic_write_text, refuse_file_as_output_dir
+from jadekit.io import atomic_write_json, atomic_write_text, read_json_object, refuse_file_as_output_dir
 from jadekit.provenance import cpu_capability, versions
 from jadekit.summary import write_summary
 from jadekit.trainer import (
@@ -137,12 +137,11 @@ def recipe_changes(old: dict, new: dict, limit: int = 4) -> str:
 
 
 def run_recipe_dict(recipe: Recipe) -> dict:
-    """The recipe as a run directory keeps it: relative data roots made absolute, so `jadekit eval` works from anywhere."""
+    """The recipe as a run directory keeps it: each data root as the run resolved it (a relative `root`, or one taken
+    from $JADEKIT_DATA or the default, made absolute), so `jadekit eval` reads the same files from anywhere."""
     d = recipe_to_dict(recipe)
     for domain in DOMAINS:
-        root = d[domain].get("root")
-        if root is not None and not Path(root).is_absolute():
-            d[domain]["root"] = str(Path(root).resolve())
+        d[domain]["root"] = str(getattr(recipe, domain).data_root().resolve())
     return d
 
 
@@ -181,7 +180,7 @@ def evaluate_split(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, dom
 def _check_same_data(run_dir: Path, files: dict[str, dict]) -> None:
     """A resumed run must read the data files it started on: a file at the same path with another SHA-256 than its
     provenance.json records is refused (files it no longer reads, or a moved data root, are not compared)."""
-    recorded = _read_json_object(run_dir / PROVENANCE).get("data_files")
+    recorded = read_json_object(run_dir / PROVENANCE).get("data_files")
     try:
         before = {f: v["sha256"] for f, v in recorded.items()}
     except (KeyError, TypeError, AttributeError):
@@ -199,7 +198,7 @@ def _where_it_ran_before(run_dir: Path, device: torch.device) -> list[str]:
     """A note when a run resumes on another device, CPU thread count or CPU kernel set (AVX2, AVX512, ...) than its
     provenance.json records: its float sums, hence the last bits of its weights, then differ from an uninterrupted
     run's (`--jobs` splits the threads; each kernel set rounds its own way)."""
-    before = _read_json_object(run_dir / PROVENANCE)
+    before = read_json_object(run_dir / PROVENANCE)
     try:
         was = (str(before["device"]), int(before["threads"]))
     except (KeyError, TypeError, ValueError):
@@ -343,7 +342,7 @@ def _train(method: Method, seed: int, resolved: Resolved, cache: DataCache, run_
                         plan, trainer.state, all_callbacks, stop_requested)
     except TrainingDiverged as e:
         then = ("then rerun with --resume: it continues from that checkpoint" if checkpointer.last_step is not None
-                else "then run again")
+                else "then rerun with --resume: the run starts over with the changed recipe")
         raise TrainingDiverged(f"{where}: {e.message}; {kept()}", hint=f"{e.hint}; {then}.") from None
     except Interrupted:
         raise Interrupted(f"{where}: stopped at step {checkpointer.last_step}; checkpoint written to {ckpt_path}",
@@ -377,15 +376,6 @@ def _train(method: Method, seed: int, resolved: Resolved, cache: DataCache, run_
     return final
 
 
-def _read_json_object(path: Path) -> dict:
-    """A JSON file's object, or {} when it is missing, unreadable or not an object."""
-    try:
-        content = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return {}
-    return content if isinstance(content, dict) else {}
-
-
 def check_output_dir(recipe: Recipe, resume: bool, force: bool, claim: bool = True) -> None:
     """Refuse to mix runs of a different recipe into an existing output directory, then claim it.
 
@@ -397,7 +387,7 @@ def check_output_dir(recipe: Recipe, resume: bool, force: bool, claim: bool = Tr
     fp = recipe_fingerprint(recipe)
     refuse_file_as_output_dir(out, "experiment.output_dir", "pick another experiment.output_dir.")
     if marker.exists():
-        existing = _read_json_object(marker)
+        existing = read_json_object(marker)
         if not existing and not (resume or force):
             raise RunDirError(f"{marker} is damaged or unreadable (it names no recipe), so the recipe its runs belong to "
                               "is unknown",
@@ -548,20 +538,21 @@ def _trained_otherwise(run_dir: Path, as_recorded: dict) -> str | None:
     except (OSError, ValueError):  # TOMLDecodeError, pydantic's ValidationError and UnicodeDecodeError are ValueErrors
         return None
     old = _identity(trained)
+    for domain in DOMAINS:  # jadekit <= 0.4 recorded no root when it came from $JADEKIT_DATA or the default
+        if old[domain].get("root") is None:
+            old[domain]["root"] = as_recorded[domain]["root"]
     return None if old == as_recorded else recipe_changes(old, as_recorded)
 
 
 def _finished(path: Path, steps: int) -> dict | None:
     """The final metrics of a finished run, or None (absent, unreadable, or from a shorter run)."""
-    try:
-        final = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-    return final if isinstance(final, dict) and final.get("steps") == steps else None
+    final = read_json_object(path)
+    return final if final.get("steps") == steps else None
 
 
 _MISSING_FILES_HINT = ("put the missing files at the paths listed, under one data root (`root = \"...\"` in the recipe's "
-                       "[primary] / [auxiliary] table, or the environment variable JADEKIT_DATA), or let them download "
+                       "[primary] / [auxiliary] table or `--set primary.root=...`; else the environment variable "
+                       "JADEKIT_DATA), or let them download "
                        "(`download = true` in that table, and an internet connection)")
 
 

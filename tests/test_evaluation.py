@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import json
 import shutil
+import tomllib
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+import tomli_w
 import torch
 from pydantic import BaseModel
 from typer.testing import CliRunner
@@ -224,6 +226,21 @@ def test_corrupt_checkpoint(trained, tmp_path):
     result = runner.invoke(app, ["eval", str(run)])
     assert result.exit_code == 2
     assert "checkpoint" in result.output and "unreadable" in result.output and "Traceback" not in result.output
+
+
+@pytest.mark.parametrize("damage", [b"null", b"\xff", b'{"method": "sin', b'{"seed": 0}'])
+def test_a_damaged_final_json_is_read_past(trained, tmp_path, damage):
+    """The run is still scored: method and seed come from provenance.json, or from `<method>/seed-<n>`."""
+    run = tmp_path / "paired" / "seed-0"
+    shutil.copytree(trained / "paired" / "seed-0", run)
+    expected = json.loads((run / "final.json").read_text())["primary_test_error"]
+    (run / "final.json").write_bytes(damage)
+    for provenance in (True, False):
+        if not provenance:
+            (run / "provenance.json").write_bytes(damage)
+        scored = eval_json(str(run))
+        assert scored["method"] == "paired" and scored["seed"] == 0
+        assert scored["results"][0]["error"] == pytest.approx(expected)
 
 
 def test_recipe_edited_after_training(trained, tmp_path):
@@ -443,6 +460,36 @@ def test_a_run_with_a_relative_data_root_is_evaluated_from_anywhere(write_tiny_r
     result = eval_json(str(run))
     final = json.loads((run / "final.json").read_text())
     assert result["results"][0]["error"] == pytest.approx(final["primary_test_error"])
+
+
+def test_a_run_whose_data_root_came_from_the_environment_is_evaluated_on_that_data(write_tiny_recipe, bar_data_root,
+                                                                                    tmp_path, monkeypatch):
+    """No `root` in the recipe: the run records the root $JADEKIT_DATA gave it, so `eval` reads the same files later,
+    wherever $JADEKIT_DATA points then (and never looks for, or downloads, another copy)."""
+    recipe = write_tiny_recipe(tmp_path / "tiny.toml", tmp_path / "runs", bar_data_root,
+                               experiment={"methods": ["single"]}, primary={"root": None, "download": True},
+                               auxiliary={"root": None, "download": True},
+                               model={"classifier_hidden": [32], "dropout": None}, train={"steps": 4, "batch_size": 16})
+    monkeypatch.setenv("JADEKIT_DATA", str(bar_data_root))
+    trained = runner.invoke(app, ["run", str(recipe)])
+    assert trained.exit_code == 0, trained.output
+    run = tmp_path / "runs" / "single" / "seed-0"
+    recorded = tomllib.loads((run / "recipe.toml").read_text())
+    assert recorded["primary"]["root"] == recorded["auxiliary"]["root"] == str(bar_data_root.resolve())
+
+    monkeypatch.setenv("JADEKIT_DATA", str(tmp_path / "nothing-here"))
+    result = eval_json(str(run))
+    final = json.loads((run / "final.json").read_text())
+    assert result["results"][0]["error"] == pytest.approx(final["primary_test_error"])
+    assert not (tmp_path / "nothing-here").exists()
+
+    monkeypatch.setenv("JADEKIT_DATA", str(bar_data_root))
+    for domain in ("primary", "auxiliary"):  # as jadekit 0.4 wrote it: no root recorded; still the same run
+        del recorded[domain]["root"]
+    (run / "recipe.toml").write_text(tomli_w.dumps(recorded))
+    again = runner.invoke(app, ["run", str(recipe)])
+    assert again.exit_code == 0 and "finished earlier, skipped" in again.output, again.output
+    assert "another recipe" not in again.output
 
 
 def test_the_dataset_a_run_trained_on_starts_from_the_runs_own_root_and_params(trained, bar_data_root, tmp_path,

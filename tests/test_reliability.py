@@ -646,13 +646,19 @@ def test_nan_loss_exits_3_names_term_and_step_and_keeps_checkpoint(tmp_path, wri
     assert not (run_dir / "final.json").exists()
 
 
-def test_nan_loss_before_any_checkpoint_says_so_and_not_to_resume(tmp_path, write_recipe):
+def test_nan_loss_before_any_checkpoint_says_so_and_its_fix_works(tmp_path, write_recipe, reference):
     recipe = write_recipe(tmp_path)
     with contextlib.chdir(tmp_path):
         result = run_cli(["run", str(recipe), "--set", "train.lr=1e30", "--set", "train.checkpoint_every=1000"])
-    text = " ".join(result.output.split())
-    assert result.exit_code == 3, result.output
-    assert "no checkpoint had been written yet" in text and "then run again" in text and "--resume" not in text
+        text = " ".join(result.output.split())
+        assert result.exit_code == 3, result.output
+        assert "no checkpoint had been written yet" in text and "then rerun with --resume" in text
+        # as the fix says: the recipe changed back (the lr), so the output directory needs --resume
+        assert run_cli(["run", str(recipe)]).exit_code == 2
+        result = run_cli(["run", str(recipe), "--resume"])
+    assert result.exit_code == 0, result.output
+    assert_same_run(reference, tmp_path / RUN_DIR)  # started over: the uninterrupted run, bit for bit
+    assert train_steps(tmp_path / RUN_DIR) == list(range(1, 41))
 
 
 def test_resume_takes_the_new_lr_and_divergence_keeps_the_checkpoint(tmp_path, write_recipe):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 from pathlib import Path
 
 import pytest
@@ -49,6 +50,15 @@ def test_single_report_gets_the_subset_that_applies(trained, tmp_path):
     meta = build(trained / "single" / "seed-0", tmp_path)
     assert set(meta["figures"]) == {"curves", "probes", "pca"}
     assert set(meta["probes"]) == {"class from features"}
+
+
+def test_a_damaged_final_json_leaves_the_test_error_line_out(trained, tmp_path):
+    run = tmp_path / "single" / "seed-0"
+    shutil.copytree(trained / "single" / "seed-0", run)
+    assert "Primary test error" in (build(run, tmp_path / "before") and (tmp_path / "before" / "report.md").read_text())
+    (run / "final.json").write_bytes(b'{"method": "sin')  # torn by hand or by a disk: the report still builds
+    build(run, tmp_path / "after")
+    assert "Primary test error" not in (tmp_path / "after" / "report.md").read_text()
 
 
 def test_report_default_goes_into_the_run_dir(trained):

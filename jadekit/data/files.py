@@ -20,7 +20,8 @@ from filelock import FileLock, Timeout
 
 from jadekit.errors import DataError, MissingFilesError
 
-_ROOT_WAYS = '`root = "..."` in the recipe\'s [primary] or [auxiliary] table, or the environment variable JADEKIT_DATA'
+_ROOT_WAYS = ('`root = "..."` in the recipe\'s [primary] or [auxiliary] table or `--set primary.root=...`; '
+              'else the environment variable JADEKIT_DATA')
 
 
 def missing_files_error(

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import base64
 import html
-import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -12,7 +11,7 @@ from pathlib import Path
 import torch
 
 from jadekit.evaluation import LoadedRun, load_run, own_test_sets, trained_steps
-from jadekit.io import atomic_write_json, atomic_write_text, read_jsonl
+from jadekit.io import atomic_write_json, atomic_write_text, read_json_object, read_jsonl
 from jadekit.report import figures
 from jadekit.report.latents import decode, encode, linear_probe, normalised, pca2
 from jadekit.trainer import plugin_code_failures
@@ -164,16 +163,15 @@ def _table(rep: Report) -> list[str]:
 
 def _write(rep: Report, run: LoadedRun) -> None:
     title = f"jadekit report: {run.resolved.recipe.experiment.name} / {run.method} / seed {run.seed}"
-    final = run.run_dir / "final.json"
     md = [f"# {title}", ""]
     w = run.weights
     unfinished = "" if w["finished"] else f" **Unfinished run: {trained_steps(w)}.**"
     md += [f"Weights of step {w['step']} ({w['selected']}).{unfinished}", ""]
-    if final.exists():
-        f = json.loads(final.read_text())
+    f = read_json_object(run.run_dir / "final.json")  # {} when missing or damaged: the line is left out
+    if isinstance(primary := f.get("primary_test_error"), int | float):
         aux = f.get("auxiliary_test_error")
-        md += [f"Primary test error {f['primary_test_error']:.2f}%"
-               + (f", auxiliary {aux:.2f}%" if aux is not None else "") + f"; best step {f.get('best_step')}.", ""]
+        md += [f"Primary test error {primary:.2f}%"
+               + (f", auxiliary {aux:.2f}%" if isinstance(aux, int | float) else "") + f"; best step {f.get('best_step')}.", ""]
     md += ["## Probe scores", "", *_table(rep), ""]
     for key, path in rep.figures.items():
         md += [f"## {TITLES.get(key, key)}", "", rep.captions.get(key, ""), "", f"![{key}]({path.name})", ""]
