@@ -40,10 +40,11 @@ OWN = "recipe"  # dataset label of an evaluation on the recipe's own test splits
 
 @dataclass(frozen=True)
 class LoadedRun:
-    """A trained model rebuilt from its run directory (best validated weights, eval mode).
+    """A trained model rebuilt from its run directory (the weights `train.select` kept, eval mode).
 
     Attributes:
-        weights: which weights were loaded: `step` (of those weights), `selected` ("best validated" or "last"),
+        weights: which weights were loaded: `step` (of those weights), `selected` ("best validated", "last validated"
+            with `train.select = "last"`, or "last" when nothing was validated),
             `trained_steps` (the checkpoint's step), `recipe_steps`, `finished` and `checkpoint_notes`
             (problems met loading the checkpoint, e.g. a fallback to `checkpoint.pt.prev`).
     """
@@ -116,7 +117,8 @@ def load_run(run_dir: Path, overrides: list[str] | None = None, device: torch.de
         raise RunDirError(f"checkpoint of {run_dir} does not fit its recipe's {method} model: {problem}",
                           hint=mismatch_hint(state.get("recipe"), recipe_to_dict(resolved.recipe))) from None
     steps, trained, best = resolved.recipe.train.steps, loop.get("step"), loop.get("best_model") is not None
-    info = {"step": loop.get("best_step") if best else trained, "selected": "best validated" if best else "last",
+    kept = "last validated" if resolved.recipe.train.select == "last" else "best validated"
+    info = {"step": loop.get("best_step") if best else trained, "selected": kept if best else "last",
             "trained_steps": trained, "recipe_steps": steps, "finished": isinstance(trained, int) and trained >= steps,
             "checkpoint_notes": notes}
     device = torch.device(device)

@@ -462,6 +462,15 @@ def test_a_run_with_a_relative_data_root_is_evaluated_from_anywhere(write_tiny_r
     assert result["results"][0]["error"] == pytest.approx(final["primary_test_error"])
 
 
+def test_weights_kept_by_select_last_are_labelled_so(write_tiny_recipe, bar_data_root, tmp_path):
+    recipe = write_tiny_recipe(tmp_path / "tiny.toml", tmp_path / "runs", bar_data_root,
+                               experiment={"methods": ["single"]}, model={"classifier_hidden": [32], "dropout": None},
+                               train={"steps": 4, "batch_size": 16, "eval_every": 2, "select": "last"})
+    assert runner.invoke(app, ["run", str(recipe)]).exit_code == 0
+    weights = eval_json(str(tmp_path / "runs" / "single" / "seed-0"))["weights"]
+    assert weights["selected"] == "last validated" and weights["step"] == 4
+
+
 def test_a_run_whose_data_root_came_from_the_environment_is_evaluated_on_that_data(write_tiny_recipe, bar_data_root,
                                                                                     tmp_path, monkeypatch):
     """No `root` in the recipe: the run records the root $JADEKIT_DATA gave it, so `eval` reads the same files later,

@@ -79,13 +79,9 @@ def stratified_subset(
         return _grouped_subset(labels, groups, per_class, limit, generator, class_names, what)
     pools = _shuffled_by_class(labels, generator, len(class_names))
     if per_class is not None:
-        for c, pool in enumerate(pools):
-            if len(pool) < per_class:
-                name = class_names[c] if c < len(class_names) else str(c)
-                raise DataError(
-                    f"{what}: labels_per_class = {per_class}, but class '{name}' has only {len(pool)} samples",
-                    hint=f"lower labels_per_class to at most {min(len(p) for p in pools)}.",
-                )
+        sizes = [len(p) for p in pools]
+        if min(sizes) < per_class:
+            raise _too_few(what, per_class, sizes, class_names)
         pools = [p[:per_class] for p in pools]
     total = sum(len(p) for p in pools)
     if limit is not None and limit < total:
@@ -93,6 +89,20 @@ def stratified_subset(
         pools = [p[:t] for p, t in zip(pools, take, strict=True)]
     picked = _cat(pools)
     return picked[torch.randperm(len(picked), generator=generator)]
+
+
+def _too_few(what: str, per_class: int, sizes: list[int], class_names: tuple[str, ...]) -> DataError:
+    """The error for a class with fewer than `per_class` samples: the emptiest class, and a fix that can work."""
+    def name(c: int) -> str:
+        return class_names[c] if c < len(class_names) else str(c)
+
+    if empty := [f"'{name(c)}'" for c, n in enumerate(sizes) if n == 0]:
+        return DataError(f"{what}: class {', '.join(empty)} has no samples at all (labels_per_class = {per_class})",
+                         hint="check the data files (a truncated or partial copy?) and the dataset's class list: "
+                              "every class it names needs labelled samples.")
+    c = min(range(len(sizes)), key=sizes.__getitem__)
+    return DataError(f"{what}: labels_per_class = {per_class}, but class '{name(c)}' has only {sizes[c]} samples",
+                     hint=f"lower labels_per_class to at most {sizes[c]}.")
 
 
 def _largest_remainders(sizes: list[int], limit: int) -> list[int]:
