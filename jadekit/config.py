@@ -215,6 +215,7 @@ _TYPE_FIXES = {
     "float_type": "write a number without quotes, e.g. 3e-4",
     "bool_type": "write true or false without quotes",
     "string_type": 'write a quoted string, e.g. "cpu"',
+    "path_type": 'write the path as a quoted string, e.g. "runs/2024"',
     "list_type": 'write a list, e.g. [0, 1] or ["jade", "single"]',
     "model_type": "write a table: [table] in the file, {key = value} in --set",
     "dict_type": "write a table: [table] in the file, {key = value} in --set",
@@ -250,6 +251,7 @@ def format_validation_error(err: ValidationError, prefix: str = "", unknown: str
         elif e["type"] == "value_error":  # our validators' own messages: pydantic's "Value error, " adds nothing
             msg = msg.removeprefix("Value error, ")
         elif e["type"] in _TYPE_FIXES:
+            msg = "Input should be a path" if e["type"] == "path_type" else msg  # not pydantic's "<class 'pathlib.Path'>"
             msg = f"{msg} (got {_toml_repr(e['input'])}); {_TYPE_FIXES[e['type']]}"
         lines.append(f"{loc or '(recipe)'}: {msg}")
     return lines

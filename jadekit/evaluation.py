@@ -421,7 +421,8 @@ def evaluate_output_dir(out_dir: Path, title: str | None = None, include_unfinis
     """Evaluate every run under an output directory and write the aggregated Table 1 next to them.
 
     Unfinished runs (checkpoint step below the recipe's steps, or no checkpoint yet) are left out
-    unless `include_unfinished` (runs without a checkpoint always are); the summary names them.
+    unless `include_unfinished` (runs without a checkpoint always are); the summary names them. Through the auxiliary
+    encoder (`domain="auxiliary"`), the `single` runs, which have none, are left out.
     Every run is evaluated before anything is written; the per-run files and the summary share one suffix.
     """
     out_dir = Path(out_dir)
@@ -430,6 +431,11 @@ def evaluate_output_dir(out_dir: Path, title: str | None = None, include_unfinis
         raise RunDirError(f"{out_dir} holds no run directories (`<method>/seed-<n>/{RECIPE_FILE}`)",
                           hint="pass a run directory or the experiment's output_dir.")
     records, unfinished = [], []
+    if data.get("domain") == "auxiliary":  # through the auxiliary encoder: single runs have none
+        runs = [d for d in runs if _run_identity(d)[0] != "single"]
+        if not runs:
+            raise RunDirError(f"{out_dir} holds only single runs, which have no auxiliary encoder",
+                              hint="use --domain primary, or evaluate an output directory with paired or jade runs.")
     for d in runs:
         if not has_checkpoint(d):
             steps = load_recipe(d / RECIPE_FILE, overrides).train.steps

@@ -342,6 +342,27 @@ def test_check_backbone_params_validated_by_the_plugin(tmp_path):
     assert "model.auxiliary_backbone.params.filters: Field required" in res.stderr
 
 
+def test_builtin_backbone_params_are_never_converted(tmp_path):
+    """As recipe values: 8.0, "8" or true where an int is expected is an error that says what to write."""
+    res = runner.invoke(app(), ["check", str(SMOKE), "--set", "model.primary_backbone.name=cnn",
+                                "--set", 'model.primary_backbone.params={filters=["8", 8.0], pool=[1, true]}',
+                                "--set", "model.auxiliary_backbone.name=timm",
+                                "--set", "model.auxiliary_backbone.params={decoder_channels=[0]}"])
+    assert res.exit_code == 2
+    for line in ('params.filters.0: Input should be a valid integer (got "8"); write a whole number without quotes',
+                 "params.filters.1: Input should be a valid integer (got 8.0)",
+                 "params.pool.0: Input should be a valid boolean (got 1); write true or false without quotes",
+                 "model.auxiliary_backbone.params.decoder_channels.0: Input should be greater than 0"):
+        assert line in res.stderr, res.stderr
+
+
+def test_a_path_typed_as_a_number_says_to_quote_it(tmp_path):
+    res = runner.invoke(app(), ["check", str(SMOKE), "--set", "experiment.output_dir=2024"])
+    assert res.exit_code == 2
+    assert ('experiment.output_dir: Input should be a path (got 2024); write the path as a quoted string, e.g. "runs/2024"'
+            in res.stderr), res.stderr
+
+
 def test_check_reports_unknown_dataset_and_bad_type_together(tmp_path, monkeypatch):
     monkeypatch.setenv("JADEKIT_DISABLE_PLUGIN_AUTOLOAD", "1")
     res = runner.invoke(app(), ["check", str(SMOKE), "--set", "primary.dataset=svnh", "--set", "train.steps=abc"])

@@ -82,6 +82,17 @@ def test_eval_output_dir_aggregates_table_1(trained):
     assert f"| jade | {jade[0]['error']:.2f} ± – | {balanced['mean']:.2f} ± – |" in out["markdown"]
 
 
+def test_auxiliary_domain_over_an_output_dir_leaves_single_runs_out(trained, bar_data_root, tmp_path):
+    out = copy_runs(trained, tmp_path / "runs")
+    scored = eval_json(str(out), "--dataset", "mnist", "--root", str(bar_data_root), "--domain", "auxiliary")
+    assert sorted(r["method"] for r in scored["records"]) == ["jade", "paired"]
+    assert all(r["results"][0]["domain"] == "auxiliary" for r in scored["records"])
+    shutil.rmtree(out / "paired"), shutil.rmtree(out / "jade")
+    only_single = runner.invoke(app, ["eval", str(out), "--dataset", "mnist", "--root", str(bar_data_root),
+                                      "--domain", "auxiliary"])
+    assert only_single.exit_code == 2 and "holds only single runs" in only_single.output, only_single.output
+
+
 def test_other_dataset_needs_explicit_resize(trained, bar_data_root):
     run = trained / "single" / "seed-0"
     root = str(bar_data_root)

@@ -250,6 +250,9 @@ def test_check_command(fake_registries, tmp_path):
     assert bad_kind.exit_code == 2 and "--kind must be dataset or backbone, not 'foo'" in bad_kind.output
     bad_shape = runner.invoke(app, ["plugins", "check", "toy-net", "--shape", "1,x,3"])
     assert bad_shape.exit_code == 2 and "--shape expects C,H,W, got '1,x,3'" in bad_shape.output
+    empty_shape = runner.invoke(app, ["plugins", "check", "toy-net", "--shape=0,28,28"])  # the user's, not the plugin's
+    assert empty_shape.exit_code == 2 and "--shape 0,28,28: channels, height and width must be at least 1" in empty_shape.output
+    assert "FAIL" not in empty_shape.output
     assert "unexpected" not in bad_kind.output + bad_shape.output
 
 

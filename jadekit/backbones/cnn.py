@@ -14,7 +14,7 @@ from jadekit.errors import DataError
 class CNNParams(BaseModel):
     """Conv 3x3 stages (each + ReLU, optionally + 2x max-pool), then a linear layer."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)  # 8.0 or "8" is an error, as in recipes
 
     filters: list[int] = Field(min_length=1, description="Filters of each 3x3 conv stage.")
     pool: list[bool] = Field(min_length=1, description="Whether a 2x max-pool follows each stage.")

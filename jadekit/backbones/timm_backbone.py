@@ -6,7 +6,7 @@ import math
 from typing import ClassVar
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, PositiveInt
 from torch import nn
 
 from jadekit.errors import PluginError, first_line
@@ -15,11 +15,11 @@ from jadekit.errors import PluginError, first_line
 class TimmParams(BaseModel):
     """Parameters of the `timm` backbone."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)  # 8.0 or "8" is an error, as in recipes
 
     model_name: str = Field("resnet18", description="Any name `timm.list_models()` knows.")
     pretrained: bool = Field(False, description="Load timm's pretrained weights (needs internet or a cache).")
-    decoder_channels: list[int] = Field([128, 64, 32], min_length=1, description="Channels of each 2x upsampling stage.")
+    decoder_channels: list[PositiveInt] = Field([128, 64, 32], min_length=1, description="Channels of each 2x upsampling stage.")
 
 
 class _Encoder(nn.Module):

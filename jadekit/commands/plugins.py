@@ -58,12 +58,15 @@ def _parse_params(items: list[str] | None) -> dict:
 
 
 def _parse_shape(text: str) -> tuple[int, int, int]:
+    from jadekit.errors import JadekitError
+
     try:
         c, h, w = (int(v) for v in text.replace("x", ",").split(","))
     except ValueError:
-        from jadekit.errors import JadekitError
-
         raise JadekitError(f"--shape expects C,H,W, got {text!r}", hint="write it like --shape 1,64,64.") from None
+    if min(c, h, w) < 1:
+        raise JadekitError(f"--shape {text}: channels, height and width must be at least 1",
+                           hint="write it like --shape 1,64,64.")
     return c, h, w
 
 
