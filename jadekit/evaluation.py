@@ -252,13 +252,25 @@ def external_set(run: LoadedRun, name: str, root: Path | None = None, split: Spl
     return EvalSet(name, split, domain, data, p, cfg)
 
 
-def data_record(s: EvalSet) -> dict:
-    """What was evaluated: dataset, split, its params, data root, resize and the fingerprint of the files read."""
+def data_record(s: EvalSet, trained_on: set[str] | None = None) -> dict:
+    """What was evaluated: dataset, split, its params, data root, resize and the fingerprint of the files read; with
+    `trained_on` (the SHA-256 of every data file the run's provenance.json lists), `same_files_as_training`: whether
+    each file read is one of them (None when unknown)."""
     files = fingerprint(tuple(dict.fromkeys(s.data.files)))
     digest = hashlib.sha256("".join(sorted(f["sha256"] for f in files.values())).encode()).hexdigest()[:16]
+    same = None if trained_on is None or not files else all(f["sha256"] in trained_on for f in files.values())
     return {"dataset": s.dataset, "split": s.split, "params": s.params.model_dump(mode="json"),
             "root": str(s.cfg.data_root().resolve()), "resize": list(s.cfg.resize) if s.cfg.resize else None,
-            "fingerprint": digest if files else None, "n_files": len(files)}  # not per file: one hash per image is large
+            "fingerprint": digest if files else None, "n_files": len(files),  # not per file: one hash per image is large
+            "same_files_as_training": same}
+
+
+def trained_files(run_dir: Path) -> set[str] | None:
+    """The SHA-256 of each data file a run's provenance.json says it read (None when it records none)."""
+    files = read_json_object(Path(run_dir) / "provenance.json").get("data_files")
+    if not isinstance(files, dict):
+        return None
+    return {f["sha256"] for f in files.values() if isinstance(f, dict) and isinstance(f.get("sha256"), str)} or None
 
 
 @torch.inference_mode()
@@ -278,13 +290,13 @@ def elbo_terms(run: LoadedRun, images: torch.Tensor, labels: torch.Tensor, domai
     return out
 
 
-def evaluate_set(run: LoadedRun, s: EvalSet) -> dict:
+def evaluate_set(run: LoadedRun, s: EvalSet, trained_on: set[str] | None = None) -> dict:
     """Every metric of `jadekit.metrics` (and the ELBO terms for jade) on one set, with what the set was; for data
     with groups (patients) also `per_group`: the same metrics of one prediction per group."""
     with plugin_code_failures(run.resolved, lambda: f"scoring {s.dataset} ({s.split}) with {run.run_dir}"):
         logits = predict_logits(run.model, s.data.images.to(run.device), s.domain)  # type: ignore[arg-type]
     names = run.resolved.class_names
-    result = {"dataset": s.dataset, "split": s.split, "domain": s.domain, "data": data_record(s),
+    result = {"dataset": s.dataset, "split": s.split, "domain": s.domain, "data": data_record(s, trained_on),
               **classification_report(logits.cpu(), s.data.labels, names)}
     if s.data.groups is not None:  # e.g. patients: one prediction each, from the mean probability of its images
         result["per_group"] = group_report(logits.cpu(), s.data.labels, s.data.groups, names)
@@ -306,8 +318,9 @@ def score_run(run: LoadedRun, dataset: str | None = None, root: Path | None = No
               domain: str = "primary", resize: bool = False, params: list[str] | None = None) -> dict:
     """The evaluation record of a loaded run: its own test splits, or a split of `dataset`."""
     sets = own_test_sets(run) if dataset is None else [external_set(run, dataset, root, split, domain, resize, params)]
+    trained_on = trained_files(run.run_dir) if dataset is None else None  # the run's own test files: still the same?
     return {"run_dir": str(run.run_dir), "experiment": run.resolved.recipe.experiment.name, "method": run.method,
-            "seed": run.seed, "weights": run.weights, "results": [evaluate_set(run, s) for s in sets]}
+            "seed": run.seed, "weights": run.weights, "results": [evaluate_set(run, s, trained_on) for s in sets]}
 
 
 def _record_path(run_dir: Path, dataset: str | None, split: str, suffix: str = ".json") -> Path:

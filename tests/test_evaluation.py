@@ -254,6 +254,20 @@ def test_a_damaged_final_json_is_read_past(trained, tmp_path, damage):
         assert scored["results"][0]["error"] == pytest.approx(expected)
 
 
+def test_eval_says_when_the_test_files_are_not_those_the_run_was_trained_with(trained, tmp_path):
+    run = tmp_path / "single" / "seed-0"
+    shutil.copytree(trained / "single" / "seed-0", run)
+    assert eval_json(str(run))["results"][0]["data"]["same_files_as_training"] is True
+    provenance = json.loads((run / "provenance.json").read_text())
+    for f in provenance["data_files"].values():  # as if the data had changed since training
+        f["sha256"] = "0" * 64
+    (run / "provenance.json").write_text(json.dumps(provenance))
+    result = runner.invoke(app, ["eval", str(run), "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    assert "test files read under" in result.stderr and "not those the run was trained with" in result.stderr
+    assert eval_json(str(run))["results"][0]["data"]["same_files_as_training"] is False
+
+
 def test_recipe_edited_after_training(trained, tmp_path):
     run = tmp_path / "single" / "seed-0"
     shutil.copytree(trained / "single" / "seed-0", run)

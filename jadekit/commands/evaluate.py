@@ -113,6 +113,10 @@ def evaluate(
             _warn(f"{run_label(rec['run_dir'])} is unfinished: {_weights_line(rec['weights'])}")
         for note in rec["weights"]["checkpoint_notes"]:
             _warn(f"{run_label(rec['run_dir'])}: {note}")
+        for r in rec["results"]:
+            if r["data"]["same_files_as_training"] is False:
+                _warn(f"{run_label(rec['run_dir'])}: the {r['dataset']} test files read under {r['data']['root']} are "
+                      "not those the run was trained with (provenance.json): its scores here are not its final.json's")
     if result["kind"] == "summary" and result["unfinished"]:
         what = "included in" if include_unfinished else "left out of"
         _warn(f"unfinished runs {what} Table 1: {', '.join(progress_note(w) for w in result['unfinished'])}"
