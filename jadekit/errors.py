@@ -122,6 +122,10 @@ class PluginError(JadekitError):
     """A plugin is unknown, broken on import, duplicated or breaks its contract."""
 
 
+class InvalidImageSet(PluginError):
+    """A dataset's `load` built an ImageSet that breaks the contract (dtype, shape, label range)."""
+
+
 class DataError(JadekitError):
     """Data files are missing, corrupt, or do not fit the recipe (classes, shapes, counts)."""
 

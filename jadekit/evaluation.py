@@ -188,7 +188,7 @@ def own_test_sets(run: LoadedRun) -> list[EvalSet]:
     sets = []
     for d in domains:
         spec, cfg = getattr(run.resolved, d), getattr(run.resolved.recipe, d)
-        data = load_split(spec.name, spec.adapter, spec.params, cfg, "test", spec.info.image_shape)
+        data = load_split(spec.name, spec.adapter, spec.params, cfg, "test", spec.info.image_shape, spec.info.class_names)
         sets.append(EvalSet(spec.name, "test", d, data, spec.params, cfg))
     return sets
 
@@ -242,7 +242,7 @@ def external_set(run: LoadedRun, name: str, root: Path | None = None, split: Spl
                         hint=f"pass --resize to resize them to {want[1]}x{want[2]} (bilinear, antialiased).")
     cfg = DataConfig(dataset=name, root=root, download=False, resize=want[1:] if have != want else None)
     try:
-        data = load_split(name, adapter, p, cfg, split, want)
+        data = load_split(name, adapter, p, cfg, split, want, info.class_names)
     except DataError as e:  # the recipe's fixes (a `root`, `download = true`) are not eval's
         where = (f"`jadekit eval` reads --dataset from --root (here {cfg.data_root()}) and never downloads; "
                  f"`jadekit plugins check {name} --root DIR --download` fetches what a dataset can download.")

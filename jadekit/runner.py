@@ -158,7 +158,8 @@ class DataCache:
         if key not in self._sets:
             spec = getattr(self.resolved, domain)
             cfg = getattr(self.resolved.recipe, domain)
-            self._sets[key] = load_split(spec.name, spec.adapter, spec.params, cfg, split, spec.info.image_shape)
+            self._sets[key] = load_split(spec.name, spec.adapter, spec.params, cfg, split, spec.info.image_shape,
+                                          spec.info.class_names)
         return self._sets[key]
 
     def domain(self, domain: str, seed: int) -> DomainData:

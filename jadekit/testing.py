@@ -22,7 +22,7 @@ import torch
 from pydantic import BaseModel, ValidationError
 
 from jadekit.data.base import DatasetInfo, ImageSet, validate_image_set
-from jadekit.errors import DataError, PluginError, plugin_failure
+from jadekit.errors import DataError, InvalidImageSet, PluginError, plugin_failure
 from jadekit.registry import check_backbone_object, check_dataset_object
 
 DEFAULT_SHAPES: tuple[tuple[int, int, int], ...] = ((1, 28, 28), (3, 32, 32))
@@ -99,7 +99,11 @@ def _load(
     except Exception as e:  # every failure is a finding, including DataError for missing files unless asked to raise it
         if raise_data_errors and isinstance(e, DataError):
             raise
-        problems.append(f"load(split={split!r}) raised {plugin_failure(e, adapter)}")
+        if isinstance(e, InvalidImageSet):  # the ImageSet it built breaks the contract
+            problems.append(f"load(split={split!r}) built an invalid ImageSet: "
+                            f"{e.message.removeprefix('dataset returned invalid data: ')}")
+        else:
+            problems.append(f"load(split={split!r}) raised {plugin_failure(e, adapter)}")
         return None
     if not isinstance(data, ImageSet):
         problems.append(f"load(split={split!r}) returned {type(data).__name__}, expected jadekit.data.base.ImageSet")

@@ -248,7 +248,40 @@ def build_checked_model(method: Method, resolved: Resolved) -> torch.nn.Module:
     if wrong:
         raise PluginError(f"{names} returned objects that are not torch.nn.Module: {', '.join(wrong)}",
                           hint="encoder() and decoder() must return torch.nn.Module instances (see docs/plugins.md).")
+    _check_output_shapes(method, model, resolved)
     return model
+
+
+def _check_output_shapes(method: Method, model: torch.nn.Module, resolved: Resolved) -> None:
+    """Each encoder and decoder, on two zero inputs of the size it was built for, must return the size asked of it:
+    a backbone that ignores its `out_dim` or image shape is named here, not found later as a shape error mid-model.
+    Eval mode, no gradients: nothing in the model (BatchNorm statistics, RNG) changes."""
+    m = resolved.recipe.model
+    out_dim = 2 * m.latent_dim if method == "jade" else m.content_dim
+    for domain in ("primary", "auxiliary"):
+        spec = getattr(resolved, domain)
+        shape = tuple(spec.info.image_shape)
+        for role, x, expected in (("encoder", torch.zeros(2, *shape), (2, out_dim)),
+                                  ("decoder", torch.zeros(2, m.latent_dim), (2, *shape))):
+            module = getattr(model, f"{domain}_{role}", None)
+            if module is None:
+                continue
+            was_training = module.training
+            try:
+                with torch.no_grad():
+                    y = module.eval()(x)
+            except Exception:  # e.g. an image size it cannot take: `probe_model` reports that with the data
+                continue
+            finally:
+                module.train(was_training)
+            got = tuple(y.shape) if isinstance(y, torch.Tensor) else type(y).__name__
+            if got != expected:
+                asked = f"out_dim {out_dim}" if role == "encoder" else f"image shape {shape}"
+                raise PluginError(
+                    f"backbone '{spec.backbone_name}': the {domain} {role} returned {got} for an input of "
+                    f"{tuple(x.shape)}, expected {expected} ({role}() was asked for {asked})",
+                    hint=f"fix the backbone plugin: its {role} must use the size it is given, not a fixed one "
+                         f"(`jadekit plugins check {spec.backbone_name}` checks it alone).")
 
 
 def probe_model(method: Method, model: torch.nn.Module, data: dict[str, DomainData], resolved: Resolved) -> None:

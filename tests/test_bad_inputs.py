@@ -103,6 +103,24 @@ class WrongShape(_Digits):
         return ImageSet(torch.zeros(40, 1, 20, 20, dtype=torch.uint8), y, DIGITS, (), None)
 
 
+class FloatImages(_Digits):
+    def load(self, root, split, params, download):
+        y = torch.arange(40) % 10
+        return ImageSet(torch.zeros(40, 1, 28, 28), y, DIGITS, (), None)
+
+
+class RenamedClasses(_Digits):
+    def load(self, root, split, params, download):
+        y = torch.arange(40) % 10
+        return ImageSet(torch.zeros(40, 1, 28, 28, dtype=torch.uint8), y, DIGITS[::-1], (), None)
+
+
+class ThreeChannels(_Digits):
+    def load(self, root, split, params, download):
+        y = torch.arange(40) % 10
+        return ImageSet(torch.zeros(40, 3, 28, 28, dtype=torch.uint8), y, DIGITS, (), None)
+
+
 class InfoRaises(_Digits):
     def info(self, params):
         raise ValueError("cannot describe")
@@ -154,7 +172,8 @@ class NoParamsBackbone:
 '''
 
 FAKE_DATASETS = {"letters": "Letters", "returns-dict": "ReturnsDict", "raises-on-load": "RaisesOnLoad",
-                 "wrong-shape": "WrongShape", "info-raises": "InfoRaises"}
+                 "wrong-shape": "WrongShape", "info-raises": "InfoRaises", "float-images": "FloatImages",
+                 "renamed-classes": "RenamedClasses", "three-channels": "ThreeChannels"}
 FAKE_BACKBONES = {"encoder-none": "EncoderReturnsNone", "encoder-raises": "EncoderRaises",
                   "wrong-output": "WrongOutputSize", "no-params": "NoParamsBackbone", "fails-later": "FailsLater"}
 
@@ -281,13 +300,21 @@ CASES: list[Case] = [
     ("plugin-raises-on-load", lambda c: c.edit('dataset = "mnist"', 'dataset = "raises-on-load"'),
      "failed to load its train split: RuntimeError", 2),
     ("plugin-wrong-shape", lambda c: c.edit('dataset = "mnist"', 'dataset = "wrong-shape"'), "but declared (1, 28, 28)", 2),
+    ("plugin-float-images", lambda c: c.edit('dataset = "mnist"', 'dataset = "float-images"'),
+     "dataset 'float-images' returned invalid train data: images must be a uint8 tensor of shape (N, C, H, W), got "
+     "float32 (40, 1, 28, 28)", 2),
+    ("plugin-renamed-classes", lambda c: c.edit('dataset = "mnist"', 'dataset = "renamed-classes"'),
+     "dataset 'renamed-classes' (train) returned class_names ['9', '8', '7', '6', '5', '4', '3', '2', '1', '0'], "
+     "but its info() declares ['0', '1',", 2),
+    ("plugin-three-channels", lambda c: c.edit('dataset = "mnist"', 'dataset = "three-channels"'),
+     "info() and load() must agree on the channels", 2),
     ("plugin-info-raises", lambda c: c.edit('dataset = "mnist"', 'dataset = "info-raises"'), "failed to describe itself", 2),
     ("backbone-returns-none", lambda c: c.edit('{ name = "paper-mnist" }', '{ name = "encoder-none" }'),
      "not torch.nn.Module: primary_encoder is NoneType", 2),
     ("backbone-raises", lambda c: c.edit('{ name = "paper-mnist" }', '{ name = "encoder-raises" }'),
      "building the 'jade' model failed", 2),
     ("backbone-wrong-output", lambda c: c.edit('{ name = "paper-mnist" }', '{ name = "wrong-output" }'),
-     "cannot process primary images", 2),
+     "backbone 'wrong-output': the primary encoder returned (2, 43) for an input of (2, 1, 16, 16), expected (2, 40)", 2),
     ("backbone-breaks-contract", lambda c: c.edit('{ name = "paper-mnist" }', '{ name = "no-params" }'),
      "breaks the backbone contract", 2),
     # data
@@ -416,12 +443,17 @@ def test_a_plugin_bug_is_named_by_its_own_file_and_line(tmp_path, data_root, plu
     assert debug.exit_code == 2 and "Traceback" in debug.output and raising_line in debug.output, debug.output
 
 
-def test_a_failure_in_jadekits_own_code_is_not_blamed_on_a_plugin(tmp_path, data_root):
-    """A plugin backbone beside a built-in one, failing in jadekit's engine (its output has the wrong size): the message
-    names no file, where it used to name jadekit's engine as if it were the built-in backbone's code."""
+def test_a_backbone_ignoring_its_out_dim_is_named_before_any_data_is_read(tmp_path, data_root):
+    """Its output has the wrong size: `check` (which reads no data) names the backbone, what it returned and what was
+    asked of it, before the model fails somewhere in jadekit's engine; the message names no file of jadekit's."""
     recipe = write_good_recipe(tmp_path, data_root)
-    result = CliRunner().invoke(app, ["run", str(recipe), "--set", 'model.primary_backbone={ name = "wrong-output" }'])
-    assert result.exit_code == 2 and "cannot process primary images" in result.output and "(at " not in result.output
+    for command in ("check", "run"):
+        result = CliRunner().invoke(app, [command, str(recipe), "--set", 'model.primary_backbone={ name = "wrong-output" }'])
+        out = " ".join(result.output.split())
+        assert result.exit_code == 2, result.output
+        assert "the primary encoder returned (2, 43) for an input of (2, 1, 16, 16), expected (2, 40)" in out, out
+        assert "`jadekit plugins check wrong-output`" in out and "(at " not in out
+    assert not (tmp_path / "out").exists()
 
 
 def test_raised_in_finds_a_namespace_packages_code(tmp_path, monkeypatch):

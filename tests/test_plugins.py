@@ -375,7 +375,8 @@ class BadLabelsInLoad(Toy):
         (SharedFiles(), "file\\(s\\) in both train and test"),
         (OneClass(), "needs at least 2"),
         (Crashes(), "load\\(split='train'\\) raised DataError: file missing"),
-        (BadLabelsInLoad(), "raised PluginError: dataset returned invalid data: labels must lie in \\[0, 2\\)"),
+        (BadLabelsInLoad(),
+         "load\\(split='train'\\) built an invalid ImageSet: labels must lie in \\[0, 2\\) \\(one per class name\\), got 5..5"),
     ],
 )
 def test_broken_adapters_fail(tmp_path, adapter, match):

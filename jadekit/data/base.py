@@ -9,7 +9,7 @@ from typing import ClassVar, Literal, Protocol, runtime_checkable
 import torch
 from pydantic import BaseModel, ConfigDict
 
-from jadekit.errors import PluginError
+from jadekit.errors import InvalidImageSet
 
 Split = Literal["train", "test"]
 DIGITS: tuple[str, ...] = tuple(str(d) for d in range(10))
@@ -50,7 +50,7 @@ class ImageSet:
     def __post_init__(self) -> None:
         problems = validate_image_set(self)
         if problems:
-            raise PluginError("dataset returned invalid data: " + "; ".join(problems))
+            raise InvalidImageSet("dataset returned invalid data: " + "; ".join(problems))
 
     def __len__(self) -> int:
         return int(self.labels.shape[0])
@@ -64,18 +64,26 @@ def validate_image_set(s: ImageSet) -> list[str]:
     """Return the contract violations of an ImageSet (empty when it is valid)."""
     problems = []
     if not isinstance(s.images, torch.Tensor) or s.images.dtype != torch.uint8 or s.images.dim() != 4:
-        problems.append("images must be a uint8 tensor of shape (N, C, H, W)")
+        problems.append(f"images must be a uint8 tensor of shape (N, C, H, W), got {_described(s.images)}")
     if not isinstance(s.labels, torch.Tensor) or s.labels.dtype != torch.int64 or s.labels.dim() != 1:
-        problems.append("labels must be an int64 tensor of shape (N,)")
+        problems.append(f"labels must be an int64 tensor of shape (N,), got {_described(s.labels)}")
     if problems:
         return problems
     if s.images.shape[0] != s.labels.shape[0]:
         problems.append(f"{s.images.shape[0]} images but {s.labels.shape[0]} labels")
     if len(s.labels) and (int(s.labels.min()) < 0 or int(s.labels.max()) >= len(s.class_names)):
-        problems.append(f"labels must lie in [0, {len(s.class_names)}) (one per class name)")
+        problems.append(f"labels must lie in [0, {len(s.class_names)}) (one per class name), "
+                        f"got {int(s.labels.min())}..{int(s.labels.max())}")
     if s.groups is not None and tuple(s.groups.shape) != tuple(s.labels.shape):
         problems.append("groups must have one entry per image")
     return problems
+
+
+def _described(x: object) -> str:
+    """'float32 (300, 1, 24, 24)': a tensor's dtype and shape, or the type of anything else."""
+    if isinstance(x, torch.Tensor):
+        return f"{str(x.dtype).removeprefix('torch.')} {tuple(x.shape)}"
+    return type(x).__name__
 
 
 @runtime_checkable

@@ -12,7 +12,7 @@ from torch.nn import functional as F
 from jadekit.config import DataConfig
 from jadekit.data.base import ImageSet, Split
 from jadekit.data.splits import stratified_subset, train_val_split
-from jadekit.errors import DataError, JadekitError, PluginError, plugin_failure
+from jadekit.errors import DataError, InvalidImageSet, JadekitError, PluginError, plugin_failure
 
 
 @dataclass(frozen=True)
@@ -44,10 +44,16 @@ def resize_images(images: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     return out
 
 
-def load_split(name: str, adapter, params, cfg: DataConfig, split: Split, expected_shape) -> ImageSet:
-    """Load one split through its adapter, apply `resize`, and check it against what was declared."""
+def load_split(name: str, adapter, params, cfg: DataConfig, split: Split, expected_shape,
+               expected_classes: tuple[str, ...] | None = None) -> ImageSet:
+    """Load one split through its adapter, apply `resize`, and check it against what was declared (its `info()`)."""
     try:
         data = adapter.load(cfg.data_root(), split, params, cfg.download)
+    except InvalidImageSet as e:  # the ImageSet it built breaks the contract: say which dataset and split
+        problems = e.message.removeprefix("dataset returned invalid data: ")
+        raise PluginError(f"dataset '{name}' returned invalid {split} data: {problems}",
+                          hint=f"fix the load() of the plugin that provides '{name}' (docs/plugins.md, the ImageSet "
+                               f"contract); `jadekit plugins check {name}` checks it alone.") from None
     except JadekitError:
         raise
     except Exception as e:  # a plugin bug must not surface as a traceback
@@ -61,13 +67,21 @@ def load_split(name: str, adapter, params, cfg: DataConfig, split: Split, expect
             f"dataset '{name}' returned {type(data).__name__}, expected jadekit.data.base.ImageSet",
             hint=f"fix the plugin that provides '{name}' (see docs/plugins.md, `jadekit plugins check {name}`).",
         )
+    if expected_classes is not None and tuple(data.class_names) != tuple(expected_classes):
+        raise PluginError(f"dataset '{name}' ({split}) returned class_names {list(data.class_names)}, but its info() "
+                          f"declares {list(expected_classes)}",
+                          hint=f"fix the plugin that provides '{name}': load() and info() must name the same classes in "
+                               f"the same order (`jadekit plugins check {name}` checks it alone).")
     if cfg.resize is not None:
         data = ImageSet(resize_images(data.images, cfg.resize), data.labels, data.class_names, data.files, data.groups)
     if data.image_shape != tuple(expected_shape):
         raise DataError(
             f"dataset '{name}' ({split}) returned images of shape {data.image_shape}, "
             f"but declared {tuple(expected_shape)}",
-            hint="fix the adapter's info(), or set `resize` in the recipe's data table.",
+            hint="fix the adapter's info(), or set `resize` in the recipe's data table." if
+            data.image_shape[0] == expected_shape[0] else
+            f"fix the plugin that provides '{name}': info() and load() must agree on the channels (`resize` changes "
+            "only height and width).",
         )
     return data
 
