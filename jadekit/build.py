@@ -131,7 +131,7 @@ def _unknown_names(raw: dict[str, Any]) -> list[str]:
             try:
                 reg.info(value)
             except JadekitError as e:
-                problems.append(f"{path}: {e.message}")
+                problems.append(f"{path}: {e.message} {reg.elsewhere(value)}".rstrip())
     return problems
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import types
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from importlib.metadata import EntryPoint, entry_points
@@ -86,6 +87,23 @@ class Registry(Generic[T]):
                 providers.append(info)
         return dict(sorted(found.items()))
 
+    def elsewhere(self, name: str) -> str:
+        """The fix when `name` is registered under another `jadekit*` entry-point group (a typo in the group, or the
+        other kind of plugin), else ""."""
+        try:
+            groups = sorted(g for g in entry_points().groups if g.startswith("jadekit") and g != self.group)
+            found = [ep for g in groups for ep in entry_points(group=g) if ep.name == name]
+        except Exception:  # broken metadata: the plain hint will do
+            return ""
+        if not found:
+            return ""
+        ep, known = found[0], {r.group: r.kind for r in (datasets, backbones)}
+        who = _info(ep).distribution
+        if ep.group in known:
+            return f"'{name}' is a {known[ep.group]} (from {who}), not a {self.kind}: name a {self.kind} here."
+        return (f"{who} registers '{name}' under the entry-point group '{ep.group}', which jadekit does not read: "
+                f"write '{self.group}' in its pyproject.toml, then reinstall it (pip install -e .).")
+
     def names(self) -> list[str]:
         return list(self.infos())
 
@@ -96,7 +114,8 @@ class Registry(Generic[T]):
             available = ", ".join(infos) or "(none installed)"
             raise PluginError(
                 f"unknown {self.kind} '{name}'. Available: {available}.",
-                hint="fix the name, or install the plugin that provides it (`jadekit plugins list`).",
+                hint=self.elsewhere(name) or "fix the name, or install the plugin that provides it (`jadekit plugins "
+                "list`); an entry point added to a package installed with `pip install -e` needs that install again.",
             )
         providers = infos[name]
         if len(providers) > 1:
@@ -130,10 +149,12 @@ class Registry(Generic[T]):
                 ) from e
         problems = self._check(obj)
         if problems:
+            module = f" names module {obj.__name__}, not a class" if isinstance(obj, types.ModuleType) else ""
             raise PluginError(
-                f"{self.kind} '{name}' from {info.provider} breaks the {self.kind} contract: "
-                + "; ".join(problems),
-                hint=f"see docs/plugins.md, or run `jadekit plugins check {name}`.",
+                f"{self.kind} '{name}' from {info.provider} breaks the {self.kind} contract: its entry point "
+                f"`{info.value}`{module}: " + "; ".join(problems),
+                hint=f"point the entry point at the {self.kind} class (`module:Class`) in {info.distribution}'s "
+                     "pyproject.toml, then reinstall it (pip install -e .); docs/plugins.md shows the contract.",
             )
         self._loaded[name] = obj
         return obj

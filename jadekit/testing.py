@@ -68,6 +68,9 @@ def _prepare(
     problems = check_object(obj)
     if problems:
         return obj, None, problems
+    if obj.Params.model_config.get("extra") != "forbid":
+        problems.append('Params accepts unknown keys: a misspelt recipe key would silently keep its default; '
+                        'set model_config = ConfigDict(extra="forbid")')
     return obj, _validate_params(obj, params, problems), problems
 
 

@@ -80,6 +80,7 @@ def fake_module(monkeypatch):
     module.Toy, module.ToyBackbone, module.NotAPlugin = Toy, ToyBackbone, NotAPlugin
     # defined below, resolved when the fixture runs
     module.OtherClassNames, module.NoFiles, module.RefusesAll = OtherClassNames, NoFiles, RefusesAll
+    module.NeedsPath = NeedsPath
     monkeypatch.setitem(sys.modules, MOD, module)
     return module
 
@@ -139,10 +140,44 @@ def test_broken_import_names_distribution_and_version_and_breaks_only_its_name(f
     assert isinstance(reg.load("toy"), Toy)
 
 
+def test_a_name_under_another_group_says_which(monkeypatch):
+    """An unknown name that is registered elsewhere: under a misspelt group, or as the other kind of plugin."""
+    from importlib.metadata import EntryPoints
+
+    from jadekit import registry as registry_module
+
+    elsewhere = [ep("shapes", "jadekit_shapes:Shapes", "jadekit-shapes", group="jadekit.dataset"),
+                 ep("shapes-cnn", "jadekit_shapes:CNN", "jadekit-shapes", group="jadekit.backbones")]
+
+    def fake_entry_points(group=None):
+        found = EntryPoints(elsewhere)
+        return found if group is None else found.select(group=group)
+
+    monkeypatch.setattr(registry_module, "entry_points", fake_entry_points)
+    with pytest.raises(PluginError) as typo:
+        datasets_of().info("shapes")
+    assert ("jadekit-shapes registers 'shapes' under the entry-point group 'jadekit.dataset', which jadekit does not "
+            "read: write 'jadekit.datasets' in its pyproject.toml") in typo.value.hint
+    with pytest.raises(PluginError) as kind:
+        datasets_of().info("shapes-cnn")
+    assert kind.value.hint == "'shapes-cnn' is a backbone (from jadekit-shapes), not a dataset: name a dataset here."
+    with pytest.raises(PluginError) as nowhere:
+        datasets_of().info("nothing")
+    assert "needs that install again" in nowhere.value.hint
+
+
 def test_wrong_type_breaks_the_contract(fake_module):
     reg = datasets_of(ep("bad", f"{MOD}:NotAPlugin", "jadekit-bad", "9"))
-    with pytest.raises(PluginError, match=r"jadekit-bad 9 breaks the dataset contract: missing method info\(\).*Params"):
+    with pytest.raises(PluginError, match=r"jadekit-bad 9 breaks the dataset contract: its entry point "
+                                          r"`fake_jadekit_plugin:NotAPlugin`: missing method info\(\).*Params"):
         reg.load("bad")
+
+
+def test_an_entry_point_naming_a_module_says_so(fake_module):
+    reg = datasets_of(ep("bad", MOD, "jadekit-bad", "9"))  # `module`, where `module:Class` was meant
+    with pytest.raises(PluginError, match=f"its entry point `{MOD}` names module {MOD}, not a class: missing") as e:
+        reg.load("bad")
+    assert "jadekit plugins check" not in e.value.hint and "pyproject.toml" in e.value.hint
 
 
 def test_uninstantiable_class(fake_module):
@@ -206,6 +241,7 @@ def fake_registries(monkeypatch, fake_module):
         ep("twice", f"{MOD}:Toy", "jadekit-two"),
         ep("renamed", f"{MOD}:OtherClassNames"),
         ep("nofiles", f"{MOD}:NoFiles"),
+        ep("needs-path", f"{MOD}:NeedsPath"),
     )
     bb = backbones_of(ep("toy-net", f"{MOD}:ToyBackbone", group="jadekit.backbones"),
                       ep("no-net", f"{MOD}:NotAPlugin", group="jadekit.backbones"),
@@ -245,7 +281,8 @@ def test_check_command(fake_registries, tmp_path):
     assert wrong.exit_code == 2 and "breaks the backbone contract" in wrong.output
     unknown = runner.invoke(app, ["plugins", "check", "nope"])
     assert unknown.exit_code == 2
-    assert "Available datasets: broken, nofiles, renamed, toy, twice; backbones: no-net, picky-net, toy-net." in unknown.output
+    assert ("Available datasets: broken, needs-path, nofiles, renamed, toy, twice; backbones: no-net, picky-net, "
+            "toy-net.") in unknown.output
     bad_kind = runner.invoke(app, ["plugins", "check", "toy", "--kind", "foo"])
     assert bad_kind.exit_code == 2 and "--kind must be dataset or backbone, not 'foo'" in bad_kind.output
     bad_shape = runner.invoke(app, ["plugins", "check", "toy-net", "--shape", "1,x,3"])
@@ -281,7 +318,10 @@ def test_check_messages_name_the_cli_options(fake_registries):
     assert "accepts none of the shapes tried [(1, 6, 6)] (first refusal: (1, 6, 6): no); pass --shape C,H,W" in picky.output
     bad_value = runner.invoke(app, ["plugins", "check", "toy", "--no-load", "--set", "n=many"])
     assert bad_value.exit_code == 2 and "--set n: Input should be a valid integer" in bad_value.output
-    for res in (picky, bad_value):
+    required = runner.invoke(app, ["plugins", "check", "needs-path", "--no-load"])  # the user's to give: exit 2
+    assert required.exit_code == 2 and "has parameters without a default: path" in required.output
+    assert "--set path=" in required.output and "FAIL" not in required.output
+    for res in (picky, bad_value, required):
         assert "shapes=" not in res.output and "params=" not in res.output
 
 
@@ -358,6 +398,18 @@ class NoFiles(Toy):
         raise DataError(f"toy {split} split: {Path(root) / 'toy.npz'} not found", hint="set `download = true` in the recipe.")
 
 
+class LaxParams(Toy):
+    class Params(BaseModel):  # no extra="forbid": a recipe's `nn = 8` would be dropped, n left at 12
+        n: int = 12
+
+
+class NeedsPath(Toy):
+    class Params(BaseModel):
+        model_config = ConfigDict(extra="forbid", frozen=True)
+        path: str
+        n: int = 12
+
+
 class BadLabelsInLoad(Toy):
     def load(self, root, split, params, download):
         return ImageSet(self.images(split, params), torch.full((params.n,), 5), self.names)
@@ -375,6 +427,7 @@ class BadLabelsInLoad(Toy):
         (SharedFiles(), "file\\(s\\) in both train and test"),
         (OneClass(), "needs at least 2"),
         (Crashes(), "load\\(split='train'\\) raised DataError: file missing"),
+        (LaxParams(), "Params accepts unknown keys: a misspelt recipe key would silently keep its default"),
         (BadLabelsInLoad(),
          "load\\(split='train'\\) built an invalid ImageSet: labels must lie in \\[0, 2\\) \\(one per class name\\), got 5..5"),
     ],
@@ -519,7 +572,8 @@ def test_new_scaffold_modules_conform(tmp_path, monkeypatch):
         monkeypatch.delitem(sys.modules, m)
 
 
-@pytest.mark.parametrize(("name", "match"), [("Bad_Name", "not a valid plugin name"), ("ok", "already exists")])
+@pytest.mark.parametrize(("name", "match"), [("Bad_Name", "not a valid plugin name"), ("ok", "already exists"),
+                                             ("jadekit-foo", "would make the package jadekit-jadekit-foo")])
 def test_new_refuses(tmp_path, name, match):
     (tmp_path / "x").mkdir()
     (tmp_path / "x" / "file").write_text("")
@@ -598,7 +652,8 @@ def test_new_prints_next_steps_that_paste_into_a_shell(tmp_path, where):
     result = runner.invoke(app, ["plugins", "new", "demo", "--dir", str(target)])
     assert result.exit_code == 0, result.output
     assert _next_steps(result.output) == [["pip", "install", "-e", f"{target}[dev]"], ["pytest", f"{target}/tests"],
-                                          ["jadekit", "run", f"{target}/recipes/demo.toml"]]
+                                          ["jadekit", "run", f"{target}/recipes/demo.toml"],
+                                          ["jadekit", "eval", "runs/demo"], ["jadekit", "report", "runs/demo/jade/seed-0"]]
     if where == "pkg":  # an ordinary path prints as before: only the pip line (brackets) is quoted
         assert f"  pytest {target}/tests\n  jadekit run {target}/recipes/demo.toml" in result.output
         assert f"pip install -e '{target}[dev]'" in result.output

@@ -74,19 +74,27 @@ def _validate_params(obj: object, params: dict, header: str) -> BaseModel | None
     """The plugin's Params from the --set values (None without any: the check then tries the defaults).
 
     Raises:
-        JadekitError: a --set value does not fit (a user error, exit 2, not a conformance failure).
+        JadekitError: a --set value does not fit, or none was given for a parameter without a default (a user error,
+            exit 2, not a conformance failure).
     """
     from pydantic import ValidationError
 
     from jadekit.config import format_validation_error, parameters_hint
     from jadekit.errors import JadekitError
 
-    if not params:
-        return None
     model = obj.Params
     try:
-        return model.model_validate(params)
+        if params:
+            return model.model_validate(params)
+        model.model_validate({})  # the check tries the defaults: parameters without one must come from --set
+        return None
     except ValidationError as e:
+        if not params and any(x["type"] != "missing" for x in e.errors()):
+            return None  # defaults that break the plugin's own rules: a conformance failure, reported by the check
+        if not params:
+            missing = ", ".join(".".join(map(str, x["loc"])) for x in e.errors())
+            raise JadekitError(f"{header} has parameters without a default: {missing}",
+                               hint=f"pass them as --set NAME=VALUE, e.g. --set {missing.split(', ')[0]}=...") from None
         lines = [f"  {line}" for line in format_validation_error(e, prefix="--set")]
         raise JadekitError(f"{header} rejects the --set values:\n" + "\n".join(lines),
                            hint=parameters_hint(model, "--set")) from None
@@ -183,4 +191,6 @@ def plugins_new(
     out.print(f"[green]created[/] {rich_escape(str(target))} ({len(files)} files). Next:", highlight=False)
     q = shlex.quote  # quotes a path only where the shell needs it ('…[dev]' always: brackets are glob characters)
     out.print(f"  pip install -e {q(f'{target}[dev]')}\n  pytest {q(f'{target}/tests')}\n"
-              f"  jadekit run {q(f'{target}/recipes/{name}.toml')}", highlight=False, markup=False, soft_wrap=True)
+              f"  jadekit run {q(f'{target}/recipes/{name}.toml')}\n"
+              f"  jadekit eval {q(f'runs/{name}')}\n  jadekit report {q(f'runs/{name}/jade/seed-0')}",
+              highlight=False, markup=False, soft_wrap=True)

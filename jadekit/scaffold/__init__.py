@@ -72,6 +72,10 @@ def create(name: str, directory: Path | None = None) -> tuple[Path, list[Path]]:
             f"'{name}' is not a valid plugin name",
             hint="use lower-case letters, digits and single dashes, starting with a letter (e.g. `pancreas-mri`).",
         )
+    if name.startswith("jadekit-"):
+        raise JadekitError(f"'{name}' would make the package jadekit-{name}",
+                           hint=f"name the plugin without the prefix: `jadekit plugins new {name.removeprefix('jadekit-')}` "
+                                f"makes {name}.")
     check_name_is_free(name)
     subs = substitutions(name)
     target = Path(directory) if directory is not None else Path.cwd() / subs["{{dist}}"]
