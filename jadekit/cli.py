@@ -212,7 +212,7 @@ def run(
                 progress.stop()
             for s, handler in previous.items():
                 signal.signal(s, handler)
-    out.print(summary_markdown(finals, resolved.recipe.experiment.name), highlight=False)
+    out.print(summary_markdown(finals, resolved.recipe.experiment.name), highlight=False, markup=False, soft_wrap=True)
     out.print(f"written to {resolved.recipe.experiment.output_dir}", highlight=False)
 
 

@@ -82,6 +82,15 @@ def test_eval_output_dir_aggregates_table_1(trained):
     assert f"| jade | {jade[0]['error']:.2f} ± – | {balanced['mean']:.2f} ± – |" in out["markdown"]
 
 
+def test_printed_tables_are_not_wrapped_when_piped(trained, tmp_path):
+    """Not a terminal (a pipe, a file; here CliRunner's 80 columns): every Markdown table row stays on one line."""
+    result = runner.invoke(app, ["eval", str(copy_runs(trained, tmp_path / "runs")), "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    rows = [line for line in result.stdout.splitlines() if line.startswith("|")]
+    assert len(rows) > 6 and all(row.endswith("|") for row in rows), rows
+    assert any(len(row) > 80 for row in rows)  # long rows exist, and were not cut
+
+
 def test_auxiliary_domain_over_an_output_dir_leaves_single_runs_out(trained, bar_data_root, tmp_path):
     out = copy_runs(trained, tmp_path / "runs")
     scored = eval_json(str(out), "--dataset", "mnist", "--root", str(bar_data_root), "--domain", "auxiliary")

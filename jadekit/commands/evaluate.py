@@ -138,7 +138,7 @@ def evaluate(
                       f"balanced accuracy {_num(r['balanced_accuracy'], 3)}, macro-F1 {_num(r['macro_f1'], 3)}, "
                       f"AUROC {_num(r['auroc'], 3)}, ECE {_num(r['ece'], 3)}, {per_group}{_weights_line(rec['weights'])}",
                       highlight=False)
-    out.print(result["markdown"], highlight=False)
+    out.print(result["markdown"], highlight=False, markup=False, soft_wrap=True)
     out.print(f"written to {', '.join(result['written_to'])} and each run's {Path(records[0]['written_to']).name}",
               highlight=False)
 
