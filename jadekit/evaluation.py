@@ -248,7 +248,9 @@ def external_set(run: LoadedRun, name: str, root: Path | None = None, split: Spl
                  f"`jadekit plugins check {name} --root DIR --download` fetches what a dataset can download.")
         if isinstance(e, MissingFilesError):
             raise DataError(e.message, hint=f"pass --root DIR, the folder that holds them: {where}") from e
-        raise DataError(e.message, hint=f"{e.hint} (if files are missing: {where})" if e.hint else where) from e
+        recipe_fix = not e.hint or any(w in e.hint for w in ("download", "root"))  # a plugin's own "files missing"
+        raise DataError(e.message, hint=(f"{e.hint} (if files are missing: {where})" if e.hint else where)
+                        if recipe_fix else e.hint) from e
     return EvalSet(name, split, domain, data, p, cfg)
 
 
@@ -298,12 +300,25 @@ def evaluate_set(run: LoadedRun, s: EvalSet, trained_on: set[str] | None = None)
     names = run.resolved.class_names
     result = {"dataset": s.dataset, "split": s.split, "domain": s.domain, "data": data_record(s, trained_on),
               **classification_report(logits.cpu(), s.data.labels, names)}
+    result["notes"] = absent_class_notes(s.data.labels, names)
     if s.data.groups is not None:  # e.g. patients: one prediction each, from the mean probability of its images
         result["per_group"] = group_report(logits.cpu(), s.data.labels, s.data.groups, names)
     if run.method == "jade":
         with plugin_code_failures(run.resolved, lambda: f"scoring {s.dataset} ({s.split}) with {run.run_dir}"):
             result["elbo"] = elbo_terms(run, s.data.images, s.data.labels, s.domain)
     return result
+
+
+def absent_class_notes(labels: torch.Tensor, names: tuple[str, ...]) -> list[str]:
+    """What the class-averaged metrics mean when some classes have no image in the data scored (else [])."""
+    present = set(labels.unique().tolist())
+    absent = [f"'{n}'" for c, n in enumerate(names) if c not in present]
+    if not absent:
+        return []
+    which = f"class {absent[0]} has" if len(absent) == 1 else f"classes {', '.join(absent)} have"
+    return [f"{which} no image in this data: balanced accuracy averages the recall of the "
+            f"{len(present)} class(es) present, AUROC leaves {'it' if len(absent) == 1 else 'them'} out (undefined with "
+            "one class left), and macro-F1 counts an absent class only where it was predicted"]
 
 
 def free_suffix(paths: list[Path]) -> str:

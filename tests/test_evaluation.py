@@ -18,6 +18,7 @@ from jadekit import registry
 from jadekit.cli import app
 from jadekit.data.base import DatasetInfo, ImageSet, NoParams
 from jadekit.errors import DataError
+from jadekit.evaluation import absent_class_notes
 
 runner = CliRunner()
 
@@ -392,6 +393,32 @@ def patients_of(group_of: Callable[[torch.Tensor], torch.Tensor]):
             return ImageSet(s.images, s.labels, s.class_names, s.files, group_of(s.labels))
 
     return Patients()
+
+
+def test_data_missing_a_class_says_what_the_averages_mean(trained, bar_data_root, tmp_path, monkeypatch):
+    """A cohort without any image of a class: balanced accuracy over the rest is not a perfect score in disguise."""
+    usps = registry.datasets.load("usps")
+
+    class NoSevens:
+        Params = usps.Params
+
+        def info(self, params):
+            return usps.info(params)
+
+        def load(self, root, split, params, download):
+            s = usps.load(root, split, params, download)
+            keep = s.labels != 7
+            return ImageSet(s.images[keep], s.labels[keep], s.class_names, s.files, None)
+
+    real_load = registry.datasets.load
+    monkeypatch.setattr(registry.datasets, "load", lambda name: NoSevens() if name == "no-sevens" else real_load(name))
+    run = copy_runs(trained, tmp_path / "runs") / "single" / "seed-0"
+    result = runner.invoke(app, ["eval", str(run), "--dataset", "no-sevens", "--root", str(bar_data_root), "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    said = " ".join(result.stderr.split())
+    assert "class '7' has no image in this data: balanced accuracy averages the recall of the 9 class(es) present" in said
+    assert eval_json(str(run))["results"][0]["notes"] == []  # the run's own test split has every class
+    assert absent_class_notes(torch.tensor([0, 2]), ("a", "b", "c", "d"))[0].startswith("classes 'b', 'd' have no image")
 
 
 @pytest.mark.parametrize("mixed", [False, True])

@@ -114,6 +114,8 @@ def evaluate(
         for note in rec["weights"]["checkpoint_notes"]:
             _warn(f"{run_label(rec['run_dir'])}: {note}")
         for r in rec["results"]:
+            for note in r["notes"]:
+                _warn(f"{run_label(rec['run_dir'])}, {r['dataset']} {r['split']}: {note}")
             if r["data"]["same_files_as_training"] is False:
                 _warn(f"{run_label(rec['run_dir'])}: the {r['dataset']} test files read under {r['data']['root']} are "
                       "not those the run was trained with (provenance.json): its scores here are not its final.json's")
