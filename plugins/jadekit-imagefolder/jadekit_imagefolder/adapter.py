@@ -70,10 +70,10 @@ class ImageFolder:
     filter. Files are read in sorted order, so loads are deterministic; hidden files and
     folders (names starting with ".", e.g. `.ipynb_checkpoints`) are ignored.
 
-    16-bit and 32-bit integer grey images (PIL modes "I;16*" and "I", e.g. X-rays) are
-    scaled to 0-255, never clipped: value * 255 / `max_value`, or, with `max_value` unset,
-    value * 255 / the image's own maximum (0 stays 0; an image with negative values maps
-    its minimum to 0 instead). 8-bit images are converted unchanged.
+    16-bit and 32-bit integer grey images (PIL modes "I;16*" and "I", e.g. X-rays), and 16-bit
+    colour PNGs (RGB, RGBA, grey + alpha; alpha dropped), are scaled to 0-255, never clipped:
+    value * 255 / `max_value`, or, with `max_value` unset, value * 255 / the image's own maximum
+    (0 stays 0; an image with negative values maps its minimum to 0 instead). 8-bit images are converted unchanged.
 
     With `group_pattern`, each image's group (e.g. a patient) is read from its file name and
     returned as `ImageSet.groups`: an int64 id hashed from the group's name, so one name has
@@ -249,14 +249,47 @@ def _to_array(img, params: ImageFolderParams, path: Path) -> np.ndarray:
     from PIL import Image
 
     h, w = params.size
+    if _is_16_bit_colour(img):  # Pillow would keep only each value's high byte: decode with torchvision
+        return _resized(_16_bit_colour(path, params), params)
     if img.mode not in HIGH_BIT_GREY:
         img = img.convert("L" if params.channels == 1 else "RGB")
         img = img.resize((w, h), Image.Resampling.BILINEAR)
         return np.asarray(img, dtype=np.uint8)
-    grey = Image.fromarray(_scale_high_bit(np.asarray(img).astype(np.float64), params.max_value, path), "F")
-    arr = np.asarray(grey.resize((w, h), Image.Resampling.BILINEAR))
-    arr = np.clip(np.rint(arr), 0, 255).astype(np.uint8)  # bilinear stays within the inputs' 0-255
-    return arr if params.channels == 1 else np.repeat(arr[..., None], 3, axis=2)
+    return _resized(_scale_high_bit(np.asarray(img).astype(np.float64), params.max_value, path)[None], params)
+
+
+def _is_16_bit_colour(img) -> bool:
+    """A 16-bit PNG other than plain grey (RGB, RGBA, grey + alpha), which Pillow opens as 8-bit."""
+    tile = getattr(img, "tile", None) or []
+    raw = tile[0][3] if tile and len(tile[0]) > 3 else None
+    raw = raw[0] if isinstance(raw, tuple) and raw else raw
+    return img.format == "PNG" and img.mode not in HIGH_BIT_GREY and isinstance(raw, str) and ";16" in raw
+
+
+def _16_bit_colour(path: Path, params: ImageFolderParams) -> np.ndarray:
+    """A 16-bit colour (or grey + alpha) PNG as float32 0-255 (C, H, W), C = 1 or 3, alpha dropped, scaled as 16-bit
+    grey is (`max_value`, else the image's own maximum)."""
+    from torchvision.io import ImageReadMode, decode_image
+
+    values = decode_image(str(path), mode=ImageReadMode.UNCHANGED).to(torch.int32).numpy().astype(np.float64)
+    if values.shape[0] in (2, 4):
+        values = values[:-1]
+    scaled = _scale_high_bit(values, params.max_value, path)
+    if params.channels == 1 and scaled.shape[0] == 3:  # ITU-R 601-2 luma, as Pillow's convert("L")
+        scaled = (0.299 * scaled[0] + 0.587 * scaled[1] + 0.114 * scaled[2])[None].astype(np.float32)
+    return scaled
+
+
+def _resized(planes: np.ndarray, params: ImageFolderParams) -> np.ndarray:
+    """Float 0-255 planes (C, H, W), C = 1 or 3, resized bilinearly to `size` as uint8 (H, W) or (H, W, 3)."""
+    from PIL import Image
+
+    h, w = params.size
+    out = [np.asarray(Image.fromarray(plane, "F").resize((w, h), Image.Resampling.BILINEAR)) for plane in planes]
+    arr = np.clip(np.rint(np.stack(out, axis=-1)), 0, 255).astype(np.uint8)  # bilinear stays within 0-255
+    if params.channels == 1:
+        return arr[..., 0]
+    return arr if arr.shape[-1] == 3 else np.repeat(arr, 3, axis=2)
 
 
 def _scale_high_bit(values: np.ndarray, max_value: int | None, path: Path) -> np.ndarray:

@@ -119,6 +119,41 @@ def test_16_bit_values_above_max_value_are_an_error(tmp_path):
     assert "a.png" in err.value.message and "3999" in err.value.hint
 
 
+def _png16(path: Path, values: np.ndarray, color_type: int) -> None:
+    """A 16-bit PNG written by hand (Pillow writes none in colour): 2 = RGB (H, W, 3), 4 = grey + alpha (H, W, 2)."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    h, w = values.shape[:2]
+    rows = b"".join(b"\x00" + values[y].astype(">u2").tobytes() for y in range(h))
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 16, color_type, 0, 0, 0))
+                     + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b""))
+
+
+def test_16_bit_colour_is_scaled_not_cut_to_its_high_byte(tmp_path):
+    """Pillow opens 16-bit RGB as 8-bit RGB holding each value's high byte (12-bit data: 0-15 of 255, nearly black)."""
+    from jadekit_imagefolder.adapter import _read
+
+    rgb = np.zeros((4, 6, 3), dtype=np.uint16)
+    rgb[..., 0], rgb[..., 1], rgb[..., 2] = 4095, 2048, 0  # 12-bit values
+    _png16(tmp_path / "rgb.png", rgb, 2)
+    with Image.open(tmp_path / "rgb.png") as img:
+        assert img.mode == "RGB" and np.asarray(img).max() == 15  # what Pillow alone would give
+    colour = ImageFolderParams(path="x", classes=CLASSES, size=(4, 6), channels=3)
+    x = _read(tmp_path / "rgb.png", colour)
+    assert x.shape == (3, 4, 6) and x[0].min() == 255 and np.abs(x[1].astype(int) - 128).max() <= 1 and x[2].max() == 0
+    assert _read(tmp_path / "rgb.png", colour.model_copy(update={"max_value": 65535}))[0].max() == round(4095 * 255 / 65535)
+    grey = _read(tmp_path / "rgb.png", colour.model_copy(update={"channels": 1}))
+    assert grey.shape == (1, 4, 6) and abs(int(grey[0, 0, 0]) - round(0.299 * 255 + 0.587 * 255 * 2048 / 4095)) <= 1
+    la = np.stack([np.full((4, 6), 1000), np.full((4, 6), 65535)], axis=-1).astype(np.uint16)  # grey + opaque alpha
+    _png16(tmp_path / "la.png", la, 4)
+    assert (_read(tmp_path / "la.png", colour.model_copy(update={"channels": 1})) == 255).all()  # its own maximum
+    assert (_read(tmp_path / "la.png", colour.model_copy(update={"max_value": 4000})) == round(1000 * 255 / 4000)).all()
+
+
 def test_32_bit_integer_grey_is_scaled():
     from jadekit_imagefolder.adapter import _to_array
 
