@@ -7,6 +7,7 @@ import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import torch
 from pydantic import BaseModel, ValidationError
@@ -34,6 +35,7 @@ from jadekit.metrics import classification_report, group_report
 from jadekit.summary import fmt, mean_std, method_order, seed_differences, summarize, to_markdown
 from jadekit.trainer import CHECKPOINT, build_checked_model, has_checkpoint, plugin_code_failures
 
+EvalSplit = Literal["train", "test", "all"]  # "all": both splits of a --dataset, e.g. a whole outside cohort
 RECIPE_FILE = "recipe.toml"
 OWN = "recipe"  # dataset label of an evaluation on the recipe's own test splits
 
@@ -180,6 +182,7 @@ class EvalSet:
     data: ImageSet
     params: BaseModel
     cfg: DataConfig
+    own: bool = False  # the run's own test split (else a --dataset)
 
 
 def own_test_sets(run: LoadedRun) -> list[EvalSet]:
@@ -189,7 +192,7 @@ def own_test_sets(run: LoadedRun) -> list[EvalSet]:
     for d in domains:
         spec, cfg = getattr(run.resolved, d), getattr(run.resolved.recipe, d)
         data = load_split(spec.name, spec.adapter, spec.params, cfg, "test", spec.info.image_shape, spec.info.class_names)
-        sets.append(EvalSet(spec.name, "test", d, data, spec.params, cfg))
+        sets.append(EvalSet(spec.name, "test", d, data, spec.params, cfg, own=True))
     return sets
 
 
@@ -202,7 +205,7 @@ def dataset_params(adapter, items: list[str] | None, base: dict | None = None) -
         raise RecipeError(format_validation_error(e, prefix="--param"), hint=parameters_hint(adapter.Params, "--param")) from None
 
 
-def external_set(run: LoadedRun, name: str, root: Path | None = None, split: Split = "test", domain: str = "primary",
+def external_set(run: LoadedRun, name: str, root: Path | None = None, split: EvalSplit = "test", domain: str = "primary",
                  resize: bool = False, params: list[str] | None = None) -> EvalSet:
     """A split of any registered dataset, checked against the trained encoder of `domain`. The dataset the run trained
     that encoder on starts from the run's own params and data root (`params` and `root` override them).
@@ -242,7 +245,8 @@ def external_set(run: LoadedRun, name: str, root: Path | None = None, split: Spl
                         hint=f"pass --resize to resize them to {want[1]}x{want[2]} (bilinear, antialiased).")
     cfg = DataConfig(dataset=name, root=root, download=False, resize=want[1:] if have != want else None)
     try:
-        data = load_split(name, adapter, p, cfg, split, want, info.class_names)
+        splits: tuple[Split, ...] = ("train", "test") if split == "all" else (split,)
+        data = joined([load_split(name, adapter, p, cfg, s, want, info.class_names) for s in splits])
     except DataError as e:  # the recipe's fixes (a `root`, `download = true`) are not eval's
         where = (f"`jadekit eval` reads --dataset from --root (here {cfg.data_root()}) and never downloads; "
                  f"`jadekit plugins check {name} --root DIR --download` fetches what a dataset can download.")
@@ -254,17 +258,28 @@ def external_set(run: LoadedRun, name: str, root: Path | None = None, split: Spl
     return EvalSet(name, split, domain, data, p, cfg)
 
 
+def joined(sets: list[ImageSet]) -> ImageSet:
+    """Splits of one dataset as one set (their group ids are disjoint by the adapter contract)."""
+    if len(sets) == 1:
+        return sets[0]
+    groups = None if any(s.groups is None for s in sets) else torch.cat([s.groups for s in sets])
+    return ImageSet(torch.cat([s.images for s in sets]), torch.cat([s.labels for s in sets]), sets[0].class_names,
+                    tuple(f for s in sets for f in s.files), groups)
+
+
 def data_record(s: EvalSet, trained_on: set[str] | None = None) -> dict:
     """What was evaluated: dataset, split, its params, data root, resize and the fingerprint of the files read; with
     `trained_on` (the SHA-256 of every data file the run's provenance.json lists), `same_files_as_training`: whether
     each file read is one of them (None when unknown)."""
     files = fingerprint(tuple(dict.fromkeys(s.data.files)))
     digest = hashlib.sha256("".join(sorted(f["sha256"] for f in files.values())).encode()).hexdigest()[:16]
-    same = None if trained_on is None or not files else all(f["sha256"] in trained_on for f in files.values())
+    seen = None if trained_on is None or not files else sum(f["sha256"] in trained_on for f in files.values())
+    own = s.own
     return {"dataset": s.dataset, "split": s.split, "params": s.params.model_dump(mode="json"),
             "root": str(s.cfg.data_root().resolve()), "resize": list(s.cfg.resize) if s.cfg.resize else None,
             "fingerprint": digest if files else None, "n_files": len(files),  # not per file: one hash per image is large
-            "same_files_as_training": same}
+            "same_files_as_training": (seen == len(files)) if own and seen is not None else None,
+            "files_read_in_training": None if own else seen}
 
 
 def trained_files(run_dir: Path) -> set[str] | None:
@@ -329,11 +344,11 @@ def free_suffix(paths: list[Path]) -> str:
     return suffix
 
 
-def score_run(run: LoadedRun, dataset: str | None = None, root: Path | None = None, split: Split = "test",
+def score_run(run: LoadedRun, dataset: str | None = None, root: Path | None = None, split: EvalSplit = "test",
               domain: str = "primary", resize: bool = False, params: list[str] | None = None) -> dict:
     """The evaluation record of a loaded run: its own test splits, or a split of `dataset`."""
     sets = own_test_sets(run) if dataset is None else [external_set(run, dataset, root, split, domain, resize, params)]
-    trained_on = trained_files(run.run_dir) if dataset is None else None  # the run's own test files: still the same?
+    trained_on = trained_files(run.run_dir)  # own test files: still the same? others: any the training read?
     return {"run_dir": str(run.run_dir), "experiment": run.resolved.recipe.experiment.name, "method": run.method,
             "seed": run.seed, "weights": run.weights, "results": [evaluate_set(run, s, trained_on) for s in sets]}
 
@@ -342,7 +357,7 @@ def _record_path(run_dir: Path, dataset: str | None, split: str, suffix: str = "
     return Path(run_dir) / f"eval-{dataset or OWN}-{split}{suffix}"
 
 
-def evaluate_run(run_dir: Path, dataset: str | None = None, root: Path | None = None, split: Split = "test",
+def evaluate_run(run_dir: Path, dataset: str | None = None, root: Path | None = None, split: EvalSplit = "test",
                  domain: str = "primary", resize: bool = False, overrides: list[str] | None = None,
                  params: list[str] | None = None, device: torch.device | str = "cpu", write: bool = True) -> dict:
     """Evaluate one run directory and write `eval-<dataset>-<split>[-N].json` into it."""

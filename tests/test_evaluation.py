@@ -395,6 +395,22 @@ def patients_of(group_of: Callable[[torch.Tensor], torch.Tensor]):
     return Patients()
 
 
+def test_split_all_scores_both_splits_and_files_read_in_training_are_flagged(trained, bar_data_root, tmp_path):
+    run = copy_runs(trained, tmp_path / "runs") / "single" / "seed-0"
+    usps = registry.datasets.load("usps")
+    sizes = {s: len(usps.load(bar_data_root, s, NoParams(), False)) for s in ("train", "test")}
+    both = eval_json(str(run), "--dataset", "usps", "--root", str(bar_data_root), "--split", "all")
+    assert both["results"][0]["n"] == sizes["train"] + sizes["test"] and both["results"][0]["split"] == "all"
+    assert Path(both["written_to"]).name == "eval-usps-all.json"
+    data = both["results"][0]["data"]
+    assert data["files_read_in_training"] == data["n_files"] == 2 and data["same_files_as_training"] is None
+    shown = runner.invoke(app, ["eval", str(run), "--dataset", "usps", "--root", str(bar_data_root), "--device", "cpu"])
+    said = " ".join(shown.stderr.split())
+    assert shown.exit_code == 0 and "1 of the 1 usps files scored were also read by the run's training" in said, said
+    bad = runner.invoke(app, ["eval", str(run), "--dataset", "usps", "--root", str(bar_data_root), "--split", "every"])
+    assert bad.exit_code == 2 and "--split all (both)" in " ".join(bad.output.split())
+
+
 def test_data_missing_a_class_says_what_the_averages_mean(trained, bar_data_root, tmp_path, monkeypatch):
     """A cohort without any image of a class: balanced accuracy over the rest is not a perfect score in disguise."""
     usps = registry.datasets.load("usps")

@@ -75,7 +75,8 @@ def evaluate(
     root: Annotated[Path | None, typer.Option(
         help="Data root of --dataset; else the run's own when it names the dataset the run trained on, "
              "else $JADEKIT_DATA, else ~/.cache/jadekit.")] = None,
-    split: Annotated[str, typer.Option(help="Split of --dataset: train or test.")] = "test",
+    split: Annotated[str, typer.Option(help="Split of --dataset: train, test, or all (both: e.g. a whole cohort from "
+                                            "another hospital).")] = "test",
     domain: Annotated[str, typer.Option(help="Encoder --dataset goes through: primary or auxiliary.")] = "primary",
     resize: Annotated[bool, typer.Option("--resize", help="Resize --dataset images to the encoder's input size.")] = False,
     param: Annotated[list[str] | None, typer.Option(
@@ -94,17 +95,18 @@ def evaluate(
     from jadekit.runner import pick_device
 
     with user_errors():
-        if split not in ("train", "test"):
+        if split not in ("train", "test", "all"):
             raise JadekitError(f"--split {split!r}: datasets have a train and a test split",
-                               hint="use --split test (held-out images) or --split train; a run's validation images "
-                                    "are drawn from its train split (their indices are in the run's indices.json).")
+                               hint="use --split test (held-out images), --split train, or --split all (both); a run's "
+                                    "validation images are drawn from its train split (their indices are in the run's "
+                                    "indices.json).")
         if domain not in ("primary", "auxiliary"):
             raise JadekitError(f"--domain {domain!r}: expected primary or auxiliary", hint="use --domain primary or "
                                "--domain auxiliary (the auxiliary encoder exists in paired and jade runs only).")
         if dataset is None and (root is not None or resize or split != "test" or param):
             raise JadekitError("--root, --resize, --split and --param apply to --dataset only",
                                hint="add --dataset NAME, or use --set primary.root=... for the run's own data.")
-        s: Literal["train", "test"] = split  # type: ignore[assignment]
+        s: Literal["train", "test", "all"] = split  # type: ignore[assignment]
         result = evaluate_path(run_dir, dataset=dataset, root=root, split=s, domain=domain, resize=resize, overrides=set_,
                                params=param, device=pick_device(device, "--device"), include_unfinished=include_unfinished)
     records = result["records"] if result["kind"] == "summary" else [result]
@@ -116,6 +118,11 @@ def evaluate(
         for r in rec["results"]:
             for note in r["notes"]:
                 _warn(f"{run_label(rec['run_dir'])}, {r['dataset']} {r['split']}: {note}")
+            if r["data"]["files_read_in_training"]:
+                _warn(f"{run_label(rec['run_dir'])}: {r['data']['files_read_in_training']} of the {r['data']['n_files']} "
+                      f"{r['dataset']} files scored were also read by the run's training (provenance.json lists every "
+                      "data file it read, test splits included): where they hold images it trained or validated on, "
+                      "these are not held-out scores")
             if r["data"]["same_files_as_training"] is False:
                 _warn(f"{run_label(rec['run_dir'])}: the {r['dataset']} test files read under {r['data']['root']} are "
                       "not those the run was trained with (provenance.json): its scores here are not its final.json's")
