@@ -164,6 +164,29 @@ def test_classification_report_is_consistent():
     assert r["auroc"] == pytest.approx((3.5 / 6 + 5 / 6 + 0.5) / 3)
 
 
+def test_linear_probe_with_groups_keeps_each_group_on_one_side():
+    """Images of one patient look alike: a probe split image by image learns the patient, not the class, and scores
+    as if it could tell the classes apart; split by patient it cannot."""
+    g = torch.Generator().manual_seed(0)
+    patients = torch.arange(40).repeat_interleave(5)  # 40 patients, 5 images each
+    x = torch.nn.functional.one_hot(patients, 40).double() + 0.01 * torch.randn(200, 40, generator=g, dtype=torch.double)
+    y = torch.randint(0, 2, (40,), generator=g)[patients]  # a label per patient, unrelated to anything in x
+    assert linear_probe(x, y)["accuracy"] > 0.95  # leaked: the held-out half holds the same patients
+    by_patient = linear_probe(x, y, groups=patients)
+    assert by_patient["accuracy"] <= by_patient["chance"] + 0.1 and by_patient["n_train"] % 5 == 0  # no better than chance
+    assert 80 <= by_patient["n_train"] <= 120
+
+
+def test_report_probe_groups_stay_distinct_across_datasets():
+    from jadekit.report.build import _probe_groups
+
+    picked = {"primary": torch.tensor([0, 2, 3]), "auxiliary": torch.tensor([0, 1])}
+    assert _probe_groups({"primary": None, "auxiliary": None}, picked) is None
+    ids = _probe_groups({"primary": torch.tensor([7, 7, 9, 9]), "auxiliary": None}, picked)
+    assert ids["primary"].tolist() == [0, 1, 1]  # patient 7, then 9 twice
+    assert ids["auxiliary"].tolist() == [2, 3]  # no patients: each image its own group, none shared with the primary
+
+
 def test_linear_probe_separable_and_random():
     g = torch.Generator().manual_seed(0)
     y = torch.arange(200) % 2

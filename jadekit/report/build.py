@@ -65,10 +65,12 @@ def _build(run: LoadedRun, out_dir: Path | None, max_samples: int, seed: int) ->
     content = {d: z[d][:, :c] if is_jade else z[d] for d in sets}
     what = "content latents" if is_jade else "bottleneck features"
 
-    _probes(rep, run, content, z, y, names, is_jade, c, seed)
+    groups = _probe_groups({d: s.data.groups for d, s in sets.items()}, picked)
+    _probes(rep, run, content, z, y, groups, names, is_jade, c, seed)
     rep.figures["probes"] = figures.probe_bars(rep.probes, out / "probes.png")
     rep.captions["probes"] = ("Linear probes (logistic regression, trained on one half of the test latents, scored on the "
-                              "other); dashed: chance.")
+                              "other" + (", whole groups (e.g. patients) in each half" if groups else "") + "); dashed: "
+                              "chance.")
     domains = list(sets)
     all_content = torch.cat([content[d] for d in domains])
     xy, share = pca2(all_content)
@@ -83,21 +85,38 @@ def _build(run: LoadedRun, out_dir: Path | None, max_samples: int, seed: int) ->
     return rep
 
 
-def _probes(rep: Report, run: LoadedRun, content: dict, z: dict, y: dict, names: dict, is_jade: bool, c: int, seed: int) -> None:
-    """Class from content (and style), dataset-of-origin from content (balanced so chance is 1/2)."""
+def _probe_groups(groups: dict, picked: dict) -> dict | None:
+    """Each domain's group ids (e.g. patients) of the picked images, made distinct across domains (an image without a
+    group is its own); None when no domain has groups."""
+    if all(g is None for g in groups.values()):
+        return None
+    out, offset = {}, 0
+    for d, idx in picked.items():
+        ids = torch.unique(groups[d][idx], return_inverse=True)[1] if groups[d] is not None else torch.arange(len(idx))
+        out[d] = ids + offset
+        offset += int(ids.max()) + 1 if len(ids) else 0
+    return out
+
+
+def _probes(rep: Report, run: LoadedRun, content: dict, z: dict, y: dict, groups: dict | None, names: dict,
+            is_jade: bool, c: int, seed: int) -> None:
+    """Class from content (and style), dataset-of-origin from content (balanced so chance is 1/2); with groups, whole
+    groups on each side of a probe's split."""
     domains = list(content)
     feats = torch.cat([content[d] for d in domains])
     labels = torch.cat([y[d] for d in domains])
+    ids = torch.cat([groups[d] for d in domains]) if groups else None
     key = "content" if is_jade else "features"
-    rep.probes[f"class from {key}"] = linear_probe(feats, labels, seed)
+    rep.probes[f"class from {key}"] = linear_probe(feats, labels, seed, groups=ids)
     if is_jade:
         style = torch.cat([z[d][:, c:] for d in domains])
-        rep.probes["class from style"] = linear_probe(style, labels, seed)
+        rep.probes["class from style"] = linear_probe(style, labels, seed, groups=ids)
     if len(domains) == 2:
         n = min(len(y[d]) for d in domains)
         balanced = torch.cat([content[d][:n] for d in domains])
         origin = torch.cat([torch.full((n,), i) for i in range(2)])
-        rep.probes[f"dataset from {key}"] = linear_probe(balanced, origin, seed)
+        rep.probes[f"dataset from {key}"] = linear_probe(balanced, origin, seed,
+                                                         groups=torch.cat([groups[d][:n] for d in domains]) if groups else None)
 
 
 def _jade_figures(rep: Report, run: LoadedRun, x: dict, y: dict, z: dict, c: int, seed: int) -> None:

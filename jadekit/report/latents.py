@@ -33,16 +33,22 @@ def decode(model: nn.Module, z: torch.Tensor, domain: str, likelihood: str, devi
     return out.sigmoid() if likelihood == "bernoulli" else out.clamp(0, 1)
 
 
-def linear_probe(features: torch.Tensor, targets: torch.Tensor, seed: int = 0, steps: int = 200) -> dict[str, float]:
+def linear_probe(features: torch.Tensor, targets: torch.Tensor, seed: int = 0, steps: int = 200,
+                 groups: torch.Tensor | None = None) -> dict[str, float]:
     """Held-out accuracy of a logistic regression (standardised inputs, L-BFGS, small L2).
 
-    The samples are shuffled with `seed` and halved: the first half trains, the second scores.
-    Chance is the share of the most frequent class in the held-out half.
+    The samples are shuffled with `seed` and halved: the first half trains, the second scores. With `groups` (e.g. a
+    patient id per image) whole groups are shuffled and go to one half each, so a probe cannot score a patient's
+    images by having trained on that patient's other images. Chance is the share of the most frequent class in the
+    held-out half.
     """
     g = torch.Generator().manual_seed(seed)
-    perm = torch.randperm(len(targets), generator=g)
+    if groups is None:
+        perm = torch.randperm(len(targets), generator=g)
+        half = len(targets) // 2
+    else:
+        perm, half = _group_halves(groups, g)
     x, y = features[perm].double(), targets[perm].long()
-    half = len(y) // 2
     mean, std = x[:half].mean(0), x[:half].std(0).clamp_min(1e-6)
     x = (x - mean) / std
     n_classes = int(y.max()) + 1
@@ -62,6 +68,19 @@ def linear_probe(features: torch.Tensor, targets: torch.Tensor, seed: int = 0, s
         acc = ((x[half:] @ w + b).argmax(1) == y[half:]).double().mean().item()
     chance = torch.bincount(y[half:], minlength=n_classes).max().item() / max(len(y) - half, 1)
     return {"accuracy": acc, "chance": chance, "n_train": half, "n_test": len(y) - half}
+
+
+def _group_halves(groups: torch.Tensor, g: torch.Generator) -> tuple[torch.Tensor, int]:
+    """Sample order with whole groups in a seeded random order, and how many samples the first groups hold that make
+    up about half (at least one group on each side when there are two or more)."""
+    ids, inverse, counts = torch.unique(groups, return_inverse=True, return_counts=True)
+    order = torch.randperm(len(ids), generator=g)
+    position = torch.empty_like(order)
+    position[order] = torch.arange(len(ids))
+    perm = torch.argsort(position[inverse], stable=True)
+    sizes = counts[order].cumsum(0)
+    first = min(max(int((sizes < len(groups) / 2).sum()) + 1, 1), max(len(ids) - 1, 1))
+    return perm, int(sizes[first - 1])
 
 
 def pca2(x: torch.Tensor) -> tuple[torch.Tensor, list[float]]:
