@@ -139,8 +139,13 @@ def _class_files(folder: Path, classes: list[str]) -> list[list[Path]]:
         raise DataError(f"imagefolder: {folder} is not a folder", hint="fix `path` in the params, or the data root.")
     extra = sorted(p.name for p in folder.iterdir() if p.is_dir() and p.name not in classes and not _hidden(p))
     if extra:
-        raise DataError(f"imagefolder: {folder} has folders not in `classes`: {extra}",
-                        hint="add them to `classes`, or move them out of the tree.")
+        by_case = {c.casefold(): c for c in classes}
+        near = [f"'{e}' for '{by_case[e.casefold()]}'" for e in extra if e.casefold() in by_case]
+        raise DataError(f"imagefolder: {folder} has folders not in `classes`: {extra}"
+                        + (f" (differing only in case: {', '.join(near)})" if near else ""),
+                        hint="rename those folders to the class names (names are case-sensitive, and a trained run's "
+                             "classes must match in name and order)" if near else
+                             "add them to `classes`, or move them out of the tree.")
     out = []
     for c in classes:
         d = folder / c

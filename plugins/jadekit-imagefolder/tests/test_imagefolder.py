@@ -77,6 +77,13 @@ def test_corrupt_image(split_tree):
         ImageFolder().load(split_tree, "train", ImageFolderParams(path="pets", classes=CLASSES), False)
 
 
+def test_class_folders_differing_in_case_are_named(flat_tree):
+    (flat_tree / "pets" / "cat").rename(flat_tree / "pets" / "Cat")
+    with pytest.raises(DataError, match="differing only in case: 'Cat' for 'cat'") as err:
+        ImageFolder().load(flat_tree, "train", ImageFolderParams(path="pets", classes=CLASSES, test_share=0.25), False)
+    assert "rename those folders" in err.value.hint
+
+
 def test_no_split_folders_without_test_share(flat_tree):
     with pytest.raises(DataError, match="no train/ and test/"):
         ImageFolder().load(flat_tree, "train", ImageFolderParams(path="pets", classes=CLASSES), False)
