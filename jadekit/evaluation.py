@@ -316,6 +316,7 @@ def evaluate_set(run: LoadedRun, s: EvalSet, trained_on: set[str] | None = None)
     result = {"dataset": s.dataset, "split": s.split, "domain": s.domain, "data": data_record(s, trained_on),
               **classification_report(logits.cpu(), s.data.labels, names)}
     result["notes"] = absent_class_notes(s.data.labels, names)
+    result["_predictions"] = (logits.cpu().float().softmax(1), s.data.labels, s.data.groups)  # for predictions_csv
     if s.data.groups is not None:  # e.g. patients: one prediction each, from the mean probability of its images
         result["per_group"] = group_report(logits.cpu(), s.data.labels, s.data.groups, names)
     if run.method == "jade":
@@ -353,6 +354,24 @@ def score_run(run: LoadedRun, dataset: str | None = None, root: Path | None = No
             "seed": run.seed, "weights": run.weights, "results": [evaluate_set(run, s, trained_on) for s in sets]}
 
 
+def predictions_csv(record: dict, names: tuple[str, ...]) -> str:
+    """One row per image scored (taken out of `record`): domain, its index in the split as loaded, group (e.g.
+    patient; empty without), label, predicted class and each class's probability."""
+    lines = [",".join(["domain", "index", "group", "label", "predicted", *(f"p_{n}" for n in names)])]
+    for r in record["results"]:
+        probs, labels, groups = r.pop("_predictions")
+        predicted = probs.argmax(1)
+        for i in range(len(labels)):
+            group = "" if groups is None else str(int(groups[i]))
+            lines.append(",".join([r["domain"], str(i), group, names[int(labels[i])], names[int(predicted[i])],
+                                   *(f"{float(v):.6g}" for v in probs[i])]))
+    return "\n".join(lines) + "\n"
+
+
+def _csv_path(json_path: Path) -> Path:
+    return json_path.with_name(f"{json_path.stem}-predictions.csv")
+
+
 def _record_path(run_dir: Path, dataset: str | None, split: str, suffix: str = ".json") -> Path:
     return Path(run_dir) / f"eval-{dataset or OWN}-{split}{suffix}"
 
@@ -360,11 +379,16 @@ def _record_path(run_dir: Path, dataset: str | None, split: str, suffix: str = "
 def evaluate_run(run_dir: Path, dataset: str | None = None, root: Path | None = None, split: EvalSplit = "test",
                  domain: str = "primary", resize: bool = False, overrides: list[str] | None = None,
                  params: list[str] | None = None, device: torch.device | str = "cpu", write: bool = True) -> dict:
-    """Evaluate one run directory and write `eval-<dataset>-<split>[-N].json` into it."""
-    record = score_run(load_run(run_dir, overrides, device), dataset, root, split, domain, resize, params)
+    """Evaluate one run directory and write `eval-<dataset>-<split>[-N].json` into it, and beside it
+    `...-predictions.csv` (`predictions_csv`)."""
+    run = load_run(run_dir, overrides, device)
+    record = score_run(run, dataset, root, split, domain, resize, params)
+    rows = predictions_csv(record, run.resolved.class_names)
     if write:
         path = _record_path(run_dir, dataset, split)
-        path = path.with_name(f"{path.stem}{free_suffix([path])}.json")
+        path = path.with_name(f"{path.stem}{free_suffix([path, _csv_path(path)])}.json")
+        record["predictions_written_to"] = str(_csv_path(path))
+        atomic_write_text(_csv_path(path), rows)
         atomic_write_json(path, safe_json(record))
         record["written_to"] = str(path)
     return record
@@ -489,7 +513,7 @@ def evaluate_output_dir(out_dir: Path, title: str | None = None, include_unfinis
             unfinished.append({"run_dir": str(d), **run.weights, "included": include_unfinished})
             if not include_unfinished:
                 continue
-        records.append(score_run(run, **data))
+        records.append({**score_run(run, **data), "_class_names": run.resolved.class_names})
     if not records:
         raise RunDirError(f"every run under {out_dir} is unfinished: {', '.join(progress_note(w) for w in unfinished)}",
                           hint="finish them by running the same `jadekit run RECIPE` again (add --resume if the recipe changed), or "
@@ -498,9 +522,12 @@ def evaluate_output_dir(out_dir: Path, title: str | None = None, include_unfinis
     dataset, split = data.get("dataset"), data.get("split", "test")
     md_path = _record_path(out_dir, f"summary-{dataset or OWN}", split, ".md")
     json_paths = [_record_path(r["run_dir"], dataset, split) for r in records]
-    suffix = free_suffix([md_path, md_path.with_suffix(".json"), *json_paths])
+    suffix = free_suffix([md_path, md_path.with_suffix(".json"), *json_paths, *map(_csv_path, json_paths)])
+    rows = {}
     for r, path in zip(records, json_paths, strict=True):
         r["written_to"] = str(path.with_name(f"{path.stem}{suffix}.json"))
+        r["predictions_written_to"] = str(_csv_path(Path(r["written_to"])))
+        rows[r["predictions_written_to"]] = predictions_csv(r, r.pop("_class_names"))
     agg = aggregate(records)
     markdown = to_markdown(agg["rows"], title or records[0]["experiment"], agg["differences"])
     title_line, rest = markdown.split("\n", 1)
@@ -510,6 +537,7 @@ def evaluate_output_dir(out_dir: Path, title: str | None = None, include_unfinis
     summary = {"runs": [r["run_dir"] for r in records], "run_files": [r["written_to"] for r in records],
                "data": distinct_data(records), "unfinished": unfinished, **agg, "markdown": markdown}
     for r in records:
+        atomic_write_text(Path(r["predictions_written_to"]), rows[r["predictions_written_to"]])
         atomic_write_json(Path(r["written_to"]), safe_json({k: v for k, v in r.items() if k != "written_to"}))
     atomic_write_text(md_path, markdown)
     atomic_write_json(md_path.with_suffix(".json"), safe_json(summary))

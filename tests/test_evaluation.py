@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import shutil
 import tomllib
@@ -54,6 +55,27 @@ def test_eval_jade_run_reports_every_metric_and_elbo(trained):
     assert p["n"] == 40 and sum(map(sum, p["confusion_matrix"])) == 40
     assert set(p["elbo"]) == {"recon", "kl", "ce", "neg_elbo"}
     assert Path(out["written_to"]).name.startswith("eval-recipe-test")
+
+
+def test_eval_writes_each_images_prediction_beside_the_record(trained, tmp_path):
+    """One CSV row per image scored: the error, balanced or per patient, can be recomputed (or thresholded) from it."""
+
+    run = copy_runs(trained, tmp_path / "runs") / "jade" / "seed-0"
+    record = eval_json(str(run))
+    path = Path(record["predictions_written_to"])
+    assert path.name == Path(record["written_to"]).stem + "-predictions.csv" and path.parent == run
+    rows = list(csv.DictReader(path.open()))
+    for result in record["results"]:
+        mine = [r for r in rows if r["domain"] == result["domain"]]
+        assert len(mine) == result["n"] and [int(r["index"]) for r in mine] == list(range(result["n"]))
+        wrong = sum(r["label"] != r["predicted"] for r in mine)
+        assert 100 * wrong / len(mine) == pytest.approx(result["error"])
+        probs = [[float(v) for k, v in r.items() if k.startswith("p_")] for r in mine]
+        assert all(abs(sum(p) - 1) < 1e-4 and len(p) == 10 for p in probs) and all(r["group"] == "" for r in mine)
+    again = eval_json(str(run))  # a second evaluation keeps the first's files
+    assert again["predictions_written_to"] != record["predictions_written_to"] and path.exists()
+    summary = eval_json(str(run.parents[1]))
+    assert all(Path(r["predictions_written_to"]).exists() for r in summary["records"])
 
 
 def test_eval_never_overwrites(trained):
@@ -463,6 +485,17 @@ def test_data_with_patients_is_also_scored_one_prediction_per_patient(trained, b
         return
     labels = registry.datasets.load("usps").load(bar_data_root, "test", NoParams(), False).labels
     assert group["n_groups"] == len(torch.unique(three_per_class(labels)))
+    rows = list(csv.DictReader(open(eval_json(run, "--dataset", "patients", "--root", str(bar_data_root))
+                                    ["predictions_written_to"])))
+    names = registry.datasets.load("usps").info(NoParams()).class_names
+    by_patient: dict[str, list] = {}
+    for r in rows:  # one prediction per patient, from its images' mean probability: recomputed from the CSV
+        by_patient.setdefault(r["group"], []).append(r)
+    wrong = 0
+    for images in by_patient.values():
+        mean = [sum(float(r[f"p_{n}"]) for r in images) / len(images) for n in names]
+        wrong += names[max(range(len(names)), key=mean.__getitem__)] != images[0]["label"]
+    assert 100 * wrong / len(by_patient) == pytest.approx(group["error"])
     assert sum(map(sum, group["confusion_matrix"])) == group["n_groups"] == group["n"]
     assert out["metrics"]["jade"]["primary per group"]["error"]["n"] == 1
     table = out["markdown"].split("Per group of images")[1]
