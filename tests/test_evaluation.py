@@ -59,7 +59,6 @@ def test_eval_jade_run_reports_every_metric_and_elbo(trained):
 
 def test_eval_writes_each_images_prediction_beside_the_record(trained, tmp_path):
     """One CSV row per image scored: the error, balanced or per patient, can be recomputed (or thresholded) from it."""
-
     run = copy_runs(trained, tmp_path / "runs") / "jade" / "seed-0"
     record = eval_json(str(run))
     path = Path(record["predictions_written_to"])

@@ -41,14 +41,15 @@ class ImageFolderParams(BaseModel):
     group_pattern: str | None = Field(
         None,
         description="Regular expression searched in each file name; its first capture group (or the whole "
-        "match) names the image's group, e.g. a patient: `^(patient\\d+)_`. Groups are never split.",
+        "match) names the image's group, e.g. a patient: `^(patient\\d+)_`. Groups are never split. Empty: no "
+        "groups (e.g. `jadekit eval --param group_pattern=''` for a cohort without patient ids in its file names).",
     )
 
     @field_validator("group_pattern")
     @classmethod
     def _regex(cls, v: str | None) -> str | None:
-        if v is None:
-            return v
+        if not v:  # "" unsets an inherited pattern (a --param cannot write None)
+            return None
         try:
             re.compile(v)
         except re.error as e:

@@ -77,6 +77,11 @@ def test_corrupt_image(split_tree):
         ImageFolder().load(split_tree, "train", ImageFolderParams(path="pets", classes=CLASSES), False)
 
 
+def test_an_empty_group_pattern_means_no_groups():
+    """How `jadekit eval --param group_pattern=''` unsets the pattern a run's recipe carries, for a cohort without ids."""
+    assert ImageFolderParams(path="x", classes=CLASSES, group_pattern="").group_pattern is None
+
+
 def test_class_folders_differing_in_case_are_named(flat_tree):
     (flat_tree / "pets" / "cat").rename(flat_tree / "pets" / "Cat")
     with pytest.raises(DataError, match="differing only in case: 'Cat' for 'cat'") as err:
