@@ -145,6 +145,7 @@ def _png16(path: Path, values: np.ndarray, color_type: int) -> None:
                      + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b""))
 
 
+@pytest.mark.filterwarnings("ignore:The image decoding and encoding capabilities of TorchVision are deprecated")
 def test_16_bit_colour_is_scaled_not_cut_to_its_high_byte(tmp_path):
     """Pillow opens 16-bit RGB as 8-bit RGB holding each value's high byte (12-bit data: 0-15 of 255, nearly black)."""
     from jadekit_imagefolder.adapter import _read
