@@ -188,7 +188,9 @@ def run(
                    TimeElapsedColumn(table_column=kept(7)), TimeRemainingColumn(table_column=kept(7)),
                    TextColumn("{task.fields[info]}", table_column=Column(ratio=3, no_wrap=True)))
         previous = {s: signal.signal(s, stop) for s in STOP_SIGNALS}
-        progress = Progress(*columns, console=err, transient=False)
+        # a log file or pipe has no width: give the lines room there, or the loss and validation text is cut at 80
+        progress = Progress(*columns, console=err if err.is_terminal else Console(stderr=True, width=160),
+                            transient=False)
 
         def bars(method: str, seed: int, steps: int) -> list[ProgressBar]:
             if not progress.live.is_started:  # shown from the first run on: an input error before it leaves no blank line

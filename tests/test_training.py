@@ -310,6 +310,16 @@ def test_weights_broken_by_a_finite_loss_are_never_checkpointed():
     assert Checkpoints.steps == [1]
 
 
+def test_progress_lines_in_a_log_file_are_not_cut(write_tiny_recipe, tmp_path):
+    """Written to a file or pipe (here CliRunner's), which has no width: each run's last line keeps its whole text."""
+    recipe = write_tiny_recipe(tmp_path / "tiny.toml", tmp_path / "runs",
+                               experiment={"methods": ["paired"], "seeds": [123456]})  # a line over 80 columns
+    res = run_cli(recipe)
+    assert res.exit_code == 0, res.output
+    last = [line for line in res.stderr.splitlines() if line.startswith("paired seed 123456") and "val acc" in line][-1]
+    assert last.rstrip().endswith(")") and "(balanced " in last, last
+
+
 def test_progress_bar_shows_the_latest_validation_at_once():
     from rich.progress import Progress
 
