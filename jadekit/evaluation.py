@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import csv
 import hashlib
+import io
 import json
 import math
 from dataclasses import dataclass
@@ -183,6 +185,7 @@ class EvalSet:
     params: BaseModel
     cfg: DataConfig
     own: bool = False  # the run's own test split (else a --dataset)
+    parts: tuple[tuple[str, int], ...] = ()  # --split all: (split, images) in the order joined
 
 
 def own_test_sets(run: LoadedRun) -> list[EvalSet]:
@@ -246,7 +249,8 @@ def external_set(run: LoadedRun, name: str, root: Path | None = None, split: Eva
     cfg = DataConfig(dataset=name, root=root, download=False, resize=want[1:] if have != want else None)
     try:
         splits: tuple[Split, ...] = ("train", "test") if split == "all" else (split,)
-        data = joined([load_split(name, adapter, p, cfg, s, want, info.class_names) for s in splits])
+        loaded = [load_split(name, adapter, p, cfg, s, want, info.class_names) for s in splits]
+        data = joined(loaded)
     except DataError as e:  # the recipe's fixes (a `root`, `download = true`) are not eval's
         where = (f"`jadekit eval` reads --dataset from --root (here {cfg.data_root()}) and never downloads; "
                  f"`jadekit plugins check {name} --root DIR --download` fetches what a dataset can download.")
@@ -255,7 +259,7 @@ def external_set(run: LoadedRun, name: str, root: Path | None = None, split: Eva
         recipe_fix = not e.hint or any(w in e.hint for w in ("download", "root"))  # a plugin's own "files missing"
         raise DataError(e.message, hint=(f"{e.hint} (if files are missing: {where})" if e.hint else where)
                         if recipe_fix else e.hint) from e
-    return EvalSet(name, split, domain, data, p, cfg)
+    return EvalSet(name, split, domain, data, p, cfg, parts=tuple((s, len(d)) for s, d in zip(splits, loaded, strict=True)))
 
 
 def joined(sets: list[ImageSet]) -> ImageSet:
@@ -283,11 +287,19 @@ def data_record(s: EvalSet, trained_on: set[str] | None = None) -> dict:
 
 
 def trained_files(run_dir: Path) -> set[str] | None:
-    """The SHA-256 of each data file a run's provenance.json says it read (None when it records none)."""
+    """The SHA-256 of each data file a run's provenance.json says it read, test splits included (None when it
+    records none)."""
     files = read_json_object(Path(run_dir) / "provenance.json").get("data_files")
     if not isinstance(files, dict):
         return None
     return {f["sha256"] for f in files.values() if isinstance(f, dict) and isinstance(f.get("sha256"), str)} or None
+
+
+def train_split_files(run_dir: Path) -> set[str] | None:
+    """The SHA-256 of each file a run's train splits were read from (provenance.json's `train_files`, written since
+    jadekit 0.4.1; None for older runs)."""
+    files = read_json_object(Path(run_dir) / "provenance.json").get("train_files")
+    return {h for h in files if isinstance(h, str)} if isinstance(files, list) else None
 
 
 @torch.inference_mode()
@@ -316,7 +328,8 @@ def evaluate_set(run: LoadedRun, s: EvalSet, trained_on: set[str] | None = None)
     result = {"dataset": s.dataset, "split": s.split, "domain": s.domain, "data": data_record(s, trained_on),
               **classification_report(logits.cpu(), s.data.labels, names)}
     result["notes"] = absent_class_notes(s.data.labels, names)
-    result["_predictions"] = (logits.cpu().float().softmax(1), s.data.labels, s.data.groups)  # for predictions_csv
+    parts = s.parts or ((s.split, len(s.data)),)
+    result["_predictions"] = (logits.cpu().float().softmax(1), s.data.labels, s.data.groups, parts)  # predictions_csv
     if s.data.groups is not None:  # e.g. patients: one prediction each, from the mean probability of its images
         result["per_group"] = group_report(logits.cpu(), s.data.labels, s.data.groups, names)
     if run.method == "jade":
@@ -349,23 +362,26 @@ def score_run(run: LoadedRun, dataset: str | None = None, root: Path | None = No
               domain: str = "primary", resize: bool = False, params: list[str] | None = None) -> dict:
     """The evaluation record of a loaded run: its own test splits, or a split of `dataset`."""
     sets = own_test_sets(run) if dataset is None else [external_set(run, dataset, root, split, domain, resize, params)]
-    trained_on = trained_files(run.run_dir)  # own test files: still the same? others: any the training read?
+    # own test splits: still the files it was tested on? a --dataset: any file its train splits were read from?
+    trained_on = trained_files(run.run_dir) if dataset is None else train_split_files(run.run_dir)
     return {"run_dir": str(run.run_dir), "experiment": run.resolved.recipe.experiment.name, "method": run.method,
             "seed": run.seed, "weights": run.weights, "results": [evaluate_set(run, s, trained_on) for s in sets]}
 
 
 def predictions_csv(record: dict, names: tuple[str, ...]) -> str:
-    """One row per image scored (taken out of `record`): domain, its index in the split as loaded, group (e.g.
+    """One row per image scored (taken out of `record`): domain, split, its index in that split as loaded, group (e.g.
     patient; empty without), label, predicted class and each class's probability."""
-    lines = [",".join(["domain", "index", "group", "label", "predicted", *(f"p_{n}" for n in names)])]
+    text = io.StringIO()
+    rows = csv.writer(text, lineterminator="\n")
+    rows.writerow(["domain", "split", "index", "group", "label", "predicted", *(f"p_{n}" for n in names)])
     for r in record["results"]:
-        probs, labels, groups = r.pop("_predictions")
+        probs, labels, groups, parts = r.pop("_predictions")
         predicted = probs.argmax(1)
-        for i in range(len(labels)):
-            group = "" if groups is None else str(int(groups[i]))
-            lines.append(",".join([r["domain"], str(i), group, names[int(labels[i])], names[int(predicted[i])],
-                                   *(f"{float(v):.6g}" for v in probs[i])]))
-    return "\n".join(lines) + "\n"
+        splits = [(split, i) for split, n in parts for i in range(n)]
+        for k, (split, i) in enumerate(splits):
+            rows.writerow([r["domain"], split, i, "" if groups is None else int(groups[k]), names[int(labels[k])],
+                           names[int(predicted[k])], *(f"{float(v):.6g}" for v in probs[k])])
+    return text.getvalue()
 
 
 def _csv_path(json_path: Path) -> Path:

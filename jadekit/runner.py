@@ -166,6 +166,11 @@ class DataCache:
         cfg = getattr(self.resolved.recipe, domain)
         return prepare_domain(self.split(domain, "train"), self.split(domain, "test"), cfg, seed, domain)
 
+    def train_hashes(self) -> list[str]:
+        """SHA-256 of every file the train splits (labelled subsets and validation images) were read from."""
+        files = self.fingerprints()
+        return sorted({files[str(f)]["sha256"] for (_, split), s in self._sets.items() if split == "train" for f in s.files})
+
     def fingerprints(self) -> dict[str, dict]:
         """SHA-256 and size of every file read so far (each file hashed once per process)."""
         files = tuple(dict.fromkeys(f for s in self._sets.values() for f in s.files))
@@ -302,6 +307,7 @@ def _train(method: Method, seed: int, resolved: Resolved, cache: DataCache, run_
         "threads": torch.get_num_threads(),  # float sums, hence the last bits of the weights, depend on it on CPU
         "versions": versions(resolved),
         "data_files": cache.fingerprints(),
+        "train_files": cache.train_hashes(),  # what `jadekit eval` warns about scoring again
     }
     atomic_write_json(run_dir / PROVENANCE, provenance)  # from the start: a resume checks the data against it
 
@@ -493,7 +499,7 @@ def run_recipe(
         final = _finished(run_dir / FINAL, recipe.train.steps)
         if final is not None:
             finals[(method, seed)] = final
-            changes = _trained_otherwise(run_dir, as_recorded)
+            changes = _trained_otherwise(run_dir, as_recorded, [d for d in DOMAINS if getattr(recipe, d).root is None])
             skip_notes[(method, seed)] = [] if changes is None else [
                 f"it was trained with another recipe ({changes}): kept as trained (its recipe.toml says how) and "
                 "counted in the summary; --force retrains every run with this recipe"]
@@ -530,17 +536,18 @@ def run_recipe(
     return ordered
 
 
-def _trained_otherwise(run_dir: Path, as_recorded: dict) -> str | None:
+def _trained_otherwise(run_dir: Path, as_recorded: dict, unset_roots: list[str]) -> str | None:
     """What a finished run's own recipe.toml differs in from this recipe's identity `as_recorded` (data roots made
     absolute, as a run directory keeps them): 'train.lr 0.001 -> 0.01', or None when it is the same run (or its
-    recipe.toml cannot be read: an older or damaged run directory)."""
+    recipe.toml cannot be read: an older or damaged run directory). The roots of `unset_roots` (domains whose root
+    the recipe leaves to $JADEKIT_DATA) are not compared: a copy of the data elsewhere is the same recipe."""
     try:
         trained = Recipe.model_validate(tomllib.loads((run_dir / "recipe.toml").read_text(encoding="utf-8")))
     except (OSError, ValueError):  # TOMLDecodeError, pydantic's ValidationError and UnicodeDecodeError are ValueErrors
         return None
     old = _identity(trained)
     for domain in DOMAINS:  # jadekit <= 0.4 recorded no root when it came from $JADEKIT_DATA or the default
-        if old[domain].get("root") is None:
+        if old[domain].get("root") is None or domain in unset_roots:
             old[domain]["root"] = as_recorded[domain]["root"]
     return None if old == as_recorded else recipe_changes(old, as_recorded)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import copy
 import logging
 import math
 import os
@@ -255,7 +256,8 @@ def build_checked_model(method: Method, resolved: Resolved) -> torch.nn.Module:
 def _check_output_shapes(method: Method, model: torch.nn.Module, resolved: Resolved) -> None:
     """Each encoder and decoder, on two zero inputs of the size it was built for, must return the size asked of it:
     a backbone that ignores its `out_dim` or image shape is named here, not found later as a shape error mid-model.
-    Eval mode, no gradients: nothing in the model (BatchNorm statistics, RNG) changes."""
+    A copy runs, in eval mode, without gradients, on a forked RNG: nothing the training starts from changes (the
+    weights, a layer that initialises itself on its first input, the random stream)."""
     m = resolved.recipe.model
     out_dim = 2 * m.latent_dim if method == "jade" else m.content_dim
     for domain in ("primary", "auxiliary"):
@@ -266,14 +268,11 @@ def _check_output_shapes(method: Method, model: torch.nn.Module, resolved: Resol
             module = getattr(model, f"{domain}_{role}", None)
             if module is None:
                 continue
-            was_training = module.training
             try:
-                with torch.no_grad():
-                    y = module.eval()(x)
+                with torch.no_grad(), torch.random.fork_rng(devices=[]):
+                    y = copy.deepcopy(module).eval()(x)
             except Exception:  # e.g. an image size it cannot take: `probe_model` reports that with the data
                 continue
-            finally:
-                module.train(was_training)
             got = tuple(y.shape) if isinstance(y, torch.Tensor) else type(y).__name__
             if got != expected:
                 asked = f"out_dim {out_dim}" if role == "encoder" else f"image shape {shape}"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import io
 import json
 import shutil
 import tomllib
@@ -67,6 +68,7 @@ def test_eval_writes_each_images_prediction_beside_the_record(trained, tmp_path)
     for result in record["results"]:
         mine = [r for r in rows if r["domain"] == result["domain"]]
         assert len(mine) == result["n"] and [int(r["index"]) for r in mine] == list(range(result["n"]))
+        assert {r["split"] for r in mine} == {"test"}
         wrong = sum(r["label"] != r["predicted"] for r in mine)
         assert 100 * wrong / len(mine) == pytest.approx(result["error"])
         probs = [[float(v) for k, v in r.items() if k.startswith("p_")] for r in mine]
@@ -75,6 +77,20 @@ def test_eval_writes_each_images_prediction_beside_the_record(trained, tmp_path)
     assert again["predictions_written_to"] != record["predictions_written_to"] and path.exists()
     summary = eval_json(str(run.parents[1]))
     assert all(Path(r["predictions_written_to"]).exists() for r in summary["records"])
+
+
+def test_predictions_csv_quotes_class_names_and_numbers_each_split_from_zero():
+    from jadekit.evaluation import predictions_csv
+
+    probs = torch.tensor([[0.9, 0.1], [0.2, 0.8], [0.6, 0.4]])
+    record = {"results": [{"domain": "primary", "_predictions": (probs, torch.tensor([0, 1, 1]), torch.tensor([5, 6, 6]),
+                                                                (("train", 1), ("test", 2)))}]}
+    rows = list(csv.reader(io.StringIO(predictions_csv(record, ("benign, cyst", "tumour")))))
+    assert rows[0] == ["domain", "split", "index", "group", "label", "predicted", "p_benign, cyst", "p_tumour"]
+    assert [r[:6] for r in rows[1:]] == [["primary", "train", "0", "5", "benign, cyst", "benign, cyst"],
+                                         ["primary", "test", "0", "6", "tumour", "tumour"],
+                                         ["primary", "test", "1", "6", "tumour", "benign, cyst"]]
+    assert "_predictions" not in record["results"][0]
 
 
 def test_eval_never_overwrites(trained):
@@ -423,11 +439,14 @@ def test_split_all_scores_both_splits_and_files_read_in_training_are_flagged(tra
     both = eval_json(str(run), "--dataset", "usps", "--root", str(bar_data_root), "--split", "all")
     assert both["results"][0]["n"] == sizes["train"] + sizes["test"] and both["results"][0]["split"] == "all"
     assert Path(both["written_to"]).name == "eval-usps-all.json"
-    data = both["results"][0]["data"]
-    assert data["files_read_in_training"] == data["n_files"] == 2 and data["same_files_as_training"] is None
-    shown = runner.invoke(app, ["eval", str(run), "--dataset", "usps", "--root", str(bar_data_root), "--device", "cpu"])
-    said = " ".join(shown.stderr.split())
-    assert shown.exit_code == 0 and "1 of the 1 usps files scored were also read by the run's training" in said, said
+    data = both["results"][0]["data"]  # usps.bz2 (train) and usps.t.bz2 (test): the first is the run's train split's
+    assert (data["files_read_in_training"], data["n_files"], data["same_files_as_training"]) == (1, 2, None)
+    for split, warned in (("train", True), ("test", False)):  # its own test split again: held out, no warning
+        shown = runner.invoke(app, ["eval", str(run), "--dataset", "usps", "--root", str(bar_data_root), "--split", split,
+                                    "--device", "cpu"])
+        said = " ".join(shown.stderr.split())
+        assert shown.exit_code == 0, shown.output
+        assert ("1 of the 1 usps files scored are files its train splits were read from" in said) == warned, said
     bad = runner.invoke(app, ["eval", str(run), "--dataset", "usps", "--root", str(bar_data_root), "--split", "every"])
     assert bad.exit_code == 2 and "--split all (both)" in " ".join(bad.output.split())
 
@@ -601,6 +620,10 @@ def test_a_run_whose_data_root_came_from_the_environment_is_evaluated_on_that_da
     assert result["results"][0]["error"] == pytest.approx(final["primary_test_error"])
     assert not (tmp_path / "nothing-here").exists()
 
+    shutil.copytree(bar_data_root, tmp_path / "copy")  # the same data elsewhere: the same recipe, no note
+    monkeypatch.setenv("JADEKIT_DATA", str(tmp_path / "copy"))
+    same = runner.invoke(app, ["run", str(recipe)])
+    assert same.exit_code == 0 and "finished earlier, skipped" in same.output and "another recipe" not in same.output
     monkeypatch.setenv("JADEKIT_DATA", str(bar_data_root))
     for domain in ("primary", "auxiliary"):  # as jadekit 0.4 wrote it: no root recorded; still the same run
         del recorded[domain]["root"]

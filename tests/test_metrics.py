@@ -175,6 +175,14 @@ def test_linear_probe_with_groups_keeps_each_group_on_one_side():
     by_patient = linear_probe(x, y, groups=patients)
     assert by_patient["accuracy"] <= by_patient["chance"] + 0.1 and by_patient["n_train"] % 5 == 0  # no better than chance
     assert 80 <= by_patient["n_train"] <= 120
+    few = torch.arange(4).repeat_interleave(6)  # 2 patients per class, as a small MRI cohort's test split
+    labels = (few >= 2).long()
+    separable = labels[:, None].double() * 6 + torch.randn(24, 2, generator=g, dtype=torch.double)
+    for seed in range(4):  # every draw trains on one patient of each class and scores the other two
+        split = linear_probe(separable, labels, seed, groups=few)
+        assert split["accuracy"] == 1.0 and split["n_train"] == 12 and split["chance"] == 0.5
+    one = linear_probe(separable, labels, groups=torch.zeros(24, dtype=torch.long))  # nothing can be held out
+    assert math.isnan(one["accuracy"]) and math.isnan(one["chance"])
 
 
 def test_report_probe_groups_stay_distinct_across_datasets():

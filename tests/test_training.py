@@ -310,6 +310,36 @@ def test_weights_broken_by_a_finite_loss_are_never_checkpointed():
     assert Checkpoints.steps == [1]
 
 
+def test_the_output_size_probe_leaves_the_model_and_the_random_stream_as_they_were():
+    """A layer that initialises itself on its first input (ActNorm-style), or draws random numbers in eval mode, must
+    meet the first training batch, not the probe's zeros."""
+    from types import SimpleNamespace
+
+    from jadekit.trainer import _check_output_shapes
+
+    class InitOnFirstCall(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.register_buffer("initialised", torch.tensor(False))
+            self.linear = torch.nn.Linear(16, 4)
+
+        def forward(self, x):
+            self.initialised.fill_(True)
+            return self.linear(x.flatten(1)) + 0 * torch.rand(1)
+
+    side = SimpleNamespace(info=SimpleNamespace(image_shape=(1, 4, 4)), backbone_name="init-net")
+    resolved = SimpleNamespace(recipe=SimpleNamespace(model=SimpleNamespace(latent_dim=2, content_dim=4)),
+                               primary=side, auxiliary=side)
+    model = torch.nn.Module()
+    model.primary_encoder = InitOnFirstCall()
+    torch.manual_seed(0)
+    _check_output_shapes("single", model, resolved)
+    assert not model.primary_encoder.initialised and model.primary_encoder.training
+    after = torch.rand(1)
+    torch.manual_seed(0)
+    assert torch.equal(after, torch.rand(1))  # the probe drew nothing from the stream training uses
+
+
 def test_progress_lines_in_a_log_file_are_not_cut(write_tiny_recipe, tmp_path):
     """Written to a file or pipe (here CliRunner's), which has no width: each run's last line keeps its whole text."""
     recipe = write_tiny_recipe(tmp_path / "tiny.toml", tmp_path / "runs",

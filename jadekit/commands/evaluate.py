@@ -120,9 +120,8 @@ def evaluate(
                 _warn(f"{run_label(rec['run_dir'])}, {r['dataset']} {r['split']}: {note}")
             if r["data"]["files_read_in_training"]:
                 _warn(f"{run_label(rec['run_dir'])}: {r['data']['files_read_in_training']} of the {r['data']['n_files']} "
-                      f"{r['dataset']} files scored were also read by the run's training (provenance.json lists every "
-                      "data file it read, test splits included): where they hold images it trained or validated on, "
-                      "these are not held-out scores")
+                      f"{r['dataset']} files scored are files its train splits were read from (provenance.json): "
+                      "where they hold images it trained or validated on, these are not held-out scores")
             if r["data"]["same_files_as_training"] is False:
                 _warn(f"{run_label(rec['run_dir'])}: the {r['dataset']} test files read under {r['data']['root']} are "
                       "not those the run was trained with (provenance.json): its scores here are not its final.json's")

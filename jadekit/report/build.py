@@ -176,7 +176,8 @@ TITLES = {
 def _table(rep: Report) -> list[str]:
     lines = ["| probe | held-out accuracy | chance | n (train / test) |", "| --- | --- | --- | --- |"]
     for name, p in rep.probes.items():
-        lines.append(f"| {name} | {p['accuracy']:.3f} | {p['chance']:.3f} | {p['n_train']} / {p['n_test']} |")
+        acc, chance = (f"{p[k]:.3f}" if p[k] == p[k] else "- (too few groups to hold out)" for k in ("accuracy", "chance"))
+        lines.append(f"| {name} | {acc} | {chance.split(' ')[0]} | {p['n_train']} / {p['n_test']} |")
     return lines
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
 from torch.nn import functional as F
@@ -47,8 +49,10 @@ def linear_probe(features: torch.Tensor, targets: torch.Tensor, seed: int = 0, s
         perm = torch.randperm(len(targets), generator=g)
         half = len(targets) // 2
     else:
-        perm, half = _group_halves(groups, g)
+        perm, half = _group_halves(groups, targets, g)
     x, y = features[perm].double(), targets[perm].long()
+    if half == 0 or half == len(y) or len(torch.unique(y[:half])) < 2:  # too few groups to hold out
+        return {"accuracy": math.nan, "chance": math.nan, "n_train": half, "n_test": len(y) - half}
     mean, std = x[:half].mean(0), x[:half].std(0).clamp_min(1e-6)
     x = (x - mean) / std
     n_classes = int(y.max()) + 1
@@ -70,17 +74,20 @@ def linear_probe(features: torch.Tensor, targets: torch.Tensor, seed: int = 0, s
     return {"accuracy": acc, "chance": chance, "n_train": half, "n_test": len(y) - half}
 
 
-def _group_halves(groups: torch.Tensor, g: torch.Generator) -> tuple[torch.Tensor, int]:
-    """Sample order with whole groups in a seeded random order, and how many samples the first groups hold that make
-    up about half (at least one group on each side when there are two or more)."""
-    ids, inverse, counts = torch.unique(groups, return_inverse=True, return_counts=True)
-    order = torch.randperm(len(ids), generator=g)
-    position = torch.empty_like(order)
-    position[order] = torch.arange(len(ids))
-    perm = torch.argsort(position[inverse], stable=True)
-    sizes = counts[order].cumsum(0)
-    first = min(max(int((sizes < len(groups) / 2).sum()) + 1, 1), max(len(ids) - 1, 1))
-    return perm, int(sizes[first - 1])
+def _group_halves(groups: torch.Tensor, targets: torch.Tensor, g: torch.Generator) -> tuple[torch.Tensor, int]:
+    """Sample order with the training half first, and its size: each class's groups (a group counts for its most
+    common target) in a seeded random order, the first half of them (at least one, and one left over when a class
+    has two or more) to train, so both halves hold every class that has two groups."""
+    ids, inverse = torch.unique(groups, return_inverse=True)
+    group_class = torch.stack([torch.mode(targets[inverse == k]).values for k in range(len(ids))])
+    train = torch.zeros(len(ids), dtype=torch.bool)
+    for c in torch.unique(group_class):
+        members = torch.nonzero(group_class == c).flatten()
+        members = members[torch.randperm(len(members), generator=g)]
+        train[members[: max(1, len(members) // 2)]] = True
+    order = torch.randperm(len(groups), generator=g)  # within each half, images in a random order
+    first = order[train[inverse[order]]]
+    return torch.cat([first, order[~train[inverse[order]]]]), len(first)
 
 
 def pca2(x: torch.Tensor) -> tuple[torch.Tensor, list[float]]:

@@ -277,7 +277,11 @@ def _16_bit_colour(path: Path, params: ImageFolderParams) -> np.ndarray:
     grey is (`max_value`, else the image's own maximum)."""
     from torchvision.io import ImageReadMode, decode_image
 
-    values = decode_image(str(path), mode=ImageReadMode.UNCHANGED).to(torch.int32).numpy().astype(np.float64)
+    try:
+        decoded = decode_image(str(path), mode=ImageReadMode.UNCHANGED)
+    except RuntimeError as e:  # torchvision's decoders raise RuntimeError for a damaged file
+        raise DataError(f"imagefolder: cannot read {path}: {str(e).splitlines()[0]}", hint="delete or replace the file.") from None
+    values = decoded.to(torch.int32).numpy().astype(np.float64)
     if values.shape[0] in (2, 4):
         values = values[:-1]
     scaled = _scale_high_bit(values, params.max_value, path)

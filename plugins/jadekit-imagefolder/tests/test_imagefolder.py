@@ -165,6 +165,9 @@ def test_16_bit_colour_is_scaled_not_cut_to_its_high_byte(tmp_path):
     _png16(tmp_path / "la.png", la, 4)
     assert (_read(tmp_path / "la.png", colour.model_copy(update={"channels": 1})) == 255).all()  # its own maximum
     assert (_read(tmp_path / "la.png", colour.model_copy(update={"max_value": 4000})) == round(1000 * 255 / 4000)).all()
+    (tmp_path / "cut.png").write_bytes((tmp_path / "rgb.png").read_bytes()[:-30])  # damaged: one clear DataError
+    with pytest.raises(DataError, match=f"cannot read {tmp_path / 'cut.png'}"):
+        _read(tmp_path / "cut.png", colour)
 
 
 def test_32_bit_integer_grey_is_scaled():
