@@ -43,7 +43,7 @@ class MRISlices:
     Every kept slice of a patient's volume becomes one image labelled with the patient's
     class; `groups` holds the patient's index among all patients of the cohort, and the
     train/test split is drawn over patients, so no patient is in both. Intensities are
-    clipped to each volume's 1st-99th percentiles and scaled to 0-255.
+    clipped to the 1st-99th percentiles of each volume's kept (central) slices and scaled to 0-255.
     """
 
     Params: ClassVar[type[BaseModel]] = MRIParams
