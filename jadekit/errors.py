@@ -123,7 +123,15 @@ class PluginError(JadekitError):
 
 
 class InvalidImageSet(PluginError):
-    """A dataset's `load` built an ImageSet that breaks the contract (dtype, shape, label range)."""
+    """A dataset's `load` built an ImageSet that breaks the contract (dtype, shape, label range).
+
+    Attributes:
+        problems: each violation, e.g. "labels must lie in [0, 2) (one per class name), got 5..5".
+    """
+
+    def __init__(self, problems: list[str]) -> None:
+        self.problems = problems
+        super().__init__("dataset returned invalid data: " + "; ".join(problems))
 
 
 class DataError(JadekitError):

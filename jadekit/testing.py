@@ -103,8 +103,7 @@ def _load(
         if raise_data_errors and isinstance(e, DataError):
             raise
         if isinstance(e, InvalidImageSet):  # the ImageSet it built breaks the contract
-            problems.append(f"load(split={split!r}) built an invalid ImageSet: "
-                            f"{e.message.removeprefix('dataset returned invalid data: ')}")
+            problems.append(f"load(split={split!r}) built an invalid ImageSet: {'; '.join(e.problems)}")
         else:
             problems.append(f"load(split={split!r}) raised {plugin_failure(e, adapter)}")
         return None

@@ -50,7 +50,7 @@ class ImageSet:
     def __post_init__(self) -> None:
         problems = validate_image_set(self)
         if problems:
-            raise InvalidImageSet("dataset returned invalid data: " + "; ".join(problems))
+            raise InvalidImageSet(problems)
 
     def __len__(self) -> int:
         return int(self.labels.shape[0])

@@ -50,8 +50,7 @@ def load_split(name: str, adapter, params, cfg: DataConfig, split: Split, expect
     try:
         data = adapter.load(cfg.data_root(), split, params, cfg.download)
     except InvalidImageSet as e:  # the ImageSet it built breaks the contract: say which dataset and split
-        problems = e.message.removeprefix("dataset returned invalid data: ")
-        raise PluginError(f"dataset '{name}' returned invalid {split} data: {problems}",
+        raise PluginError(f"dataset '{name}' returned invalid {split} data: {'; '.join(e.problems)}",
                           hint=f"fix the load() of the plugin that provides '{name}' (docs/plugins.md, the ImageSet "
                                f"contract); `jadekit plugins check {name}` checks it alone.") from None
     except JadekitError:
