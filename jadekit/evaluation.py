@@ -278,12 +278,11 @@ def data_record(s: EvalSet, trained_on: set[str] | None = None) -> dict:
     files = fingerprint(tuple(dict.fromkeys(s.data.files)))
     digest = hashlib.sha256("".join(sorted(f["sha256"] for f in files.values())).encode()).hexdigest()[:16]
     seen = None if trained_on is None or not files else sum(f["sha256"] in trained_on for f in files.values())
-    own = s.own
     return {"dataset": s.dataset, "split": s.split, "params": s.params.model_dump(mode="json"),
             "root": str(s.cfg.data_root().resolve()), "resize": list(s.cfg.resize) if s.cfg.resize else None,
             "fingerprint": digest if files else None, "n_files": len(files),  # not per file: one hash per image is large
-            "same_files_as_training": (seen == len(files)) if own and seen is not None else None,
-            "files_read_in_training": None if own else seen}
+            "same_files_as_training": (seen == len(files)) if s.own and seen is not None else None,
+            "files_read_in_training": None if s.own else seen}
 
 
 def trained_files(run_dir: Path) -> set[str] | None:
@@ -513,7 +512,7 @@ def evaluate_output_dir(out_dir: Path, title: str | None = None, include_unfinis
     if not runs:
         raise RunDirError(f"{out_dir} holds no run directories (`<method>/seed-<n>/{RECIPE_FILE}`)",
                           hint="pass a run directory or the experiment's output_dir.")
-    records, unfinished = [], []
+    records, rows, unfinished = [], [], []  # rows: each record's predictions_csv
     if data.get("domain") == "auxiliary":  # through the auxiliary encoder: single runs have none
         runs = [d for d in runs if _run_identity(d)[0] != "single"]
         if not runs:
@@ -529,7 +528,8 @@ def evaluate_output_dir(out_dir: Path, title: str | None = None, include_unfinis
             unfinished.append({"run_dir": str(d), **run.weights, "included": include_unfinished})
             if not include_unfinished:
                 continue
-        records.append({**score_run(run, **data), "_class_names": run.resolved.class_names})
+        records.append(score_run(run, **data))
+        rows.append(predictions_csv(records[-1], run.resolved.class_names))
     if not records:
         raise RunDirError(f"every run under {out_dir} is unfinished: {', '.join(progress_note(w) for w in unfinished)}",
                           hint="finish them by running the same `jadekit run RECIPE` again (add --resume if the recipe changed), or "
@@ -539,11 +539,9 @@ def evaluate_output_dir(out_dir: Path, title: str | None = None, include_unfinis
     md_path = _record_path(out_dir, f"summary-{dataset or OWN}", split, ".md")
     json_paths = [_record_path(r["run_dir"], dataset, split) for r in records]
     suffix = free_suffix([md_path, md_path.with_suffix(".json"), *json_paths, *map(_csv_path, json_paths)])
-    rows = {}
     for r, path in zip(records, json_paths, strict=True):
         r["written_to"] = str(path.with_name(f"{path.stem}{suffix}.json"))
         r["predictions_written_to"] = str(_csv_path(Path(r["written_to"])))
-        rows[r["predictions_written_to"]] = predictions_csv(r, r.pop("_class_names"))
     agg = aggregate(records)
     markdown = to_markdown(agg["rows"], title or records[0]["experiment"], agg["differences"])
     title_line, rest = markdown.split("\n", 1)
@@ -552,8 +550,8 @@ def evaluate_output_dir(out_dir: Path, title: str | None = None, include_unfinis
     md_path = md_path.with_name(f"{md_path.stem}{suffix}.md")
     summary = {"runs": [r["run_dir"] for r in records], "run_files": [r["written_to"] for r in records],
                "data": distinct_data(records), "unfinished": unfinished, **agg, "markdown": markdown}
-    for r in records:
-        atomic_write_text(Path(r["predictions_written_to"]), rows[r["predictions_written_to"]])
+    for r, csv_text in zip(records, rows, strict=True):
+        atomic_write_text(Path(r["predictions_written_to"]), csv_text)
         atomic_write_json(Path(r["written_to"]), safe_json({k: v for k, v in r.items() if k != "written_to"}))
     atomic_write_text(md_path, markdown)
     atomic_write_json(md_path.with_suffix(".json"), safe_json(summary))
