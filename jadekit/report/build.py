@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import html
+import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -176,8 +177,11 @@ TITLES = {
 def _table(rep: Report) -> list[str]:
     lines = ["| probe | held-out accuracy | chance | n (train / test) |", "| --- | --- | --- | --- |"]
     for name, p in rep.probes.items():
-        acc, chance = (f"{p[k]:.3f}" if p[k] == p[k] else "- (too few groups to hold out)" for k in ("accuracy", "chance"))
-        lines.append(f"| {name} | {acc} | {chance.split(' ')[0]} | {p['n_train']} / {p['n_test']} |")
+        if math.isnan(p["accuracy"]):  # whole groups (patients) on each side, and too few of them
+            acc, chance = "- (too few groups to hold out)", "-"
+        else:
+            acc, chance = f"{p['accuracy']:.3f}", f"{p['chance']:.3f}"
+        lines.append(f"| {name} | {acc} | {chance} | {p['n_train']} / {p['n_test']} |")
     return lines
 
 

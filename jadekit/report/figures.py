@@ -163,7 +163,7 @@ def probe_bars(probes: dict[str, dict[str, float]], path: Path) -> Path:
     bars = ax.bar(range(len(names)), acc, color="tab:purple", width=0.6)
     for i, n in enumerate(names):
         ax.hlines(probes[n]["chance"], i - 0.3, i + 0.3, colors="black", linestyles="--", label="chance" if i == 0 else None)
-    ax.bar_label(bars, labels=[f"{a:.2f}" if a == a else "n/a" for a in acc], fontsize=8)  # NaN: too few groups
+    ax.bar_label(bars, labels=["n/a" if math.isnan(a) else f"{a:.2f}" for a in acc], fontsize=8)  # NaN: too few groups
     ax.set_xticks(range(len(names)))
     ax.set_xticklabels(names, fontsize=8)
     ax.set_ylim(0, 1.08)
