@@ -89,12 +89,12 @@ def _validate_params(obj: object, params: dict, header: str) -> BaseModel | None
         model.model_validate({})  # the check tries the defaults: parameters without one must come from --set
         return None
     except ValidationError as e:
-        if not params and any(x["type"] != "missing" for x in e.errors()):
-            return None  # defaults that break the plugin's own rules: a conformance failure, reported by the check
         if not params:
-            missing = ", ".join(".".join(map(str, x["loc"])) for x in e.errors())
-            raise JadekitError(f"{header} has parameters without a default: {missing}",
-                               hint=f"pass them as --set NAME=VALUE, e.g. --set {missing.split(', ')[0]}=...") from None
+            if any(x["type"] != "missing" for x in e.errors()):
+                return None  # defaults that break the plugin's own rules: a conformance failure, reported by the check
+            missing = [".".join(map(str, x["loc"])) for x in e.errors()]
+            raise JadekitError(f"{header} has parameters without a default: {', '.join(missing)}",
+                               hint=f"pass them as --set NAME=VALUE, e.g. --set {missing[0]}=...") from None
         lines = [f"  {line}" for line in format_validation_error(e, prefix="--set")]
         raise JadekitError(f"{header} rejects the --set values:\n" + "\n".join(lines),
                            hint=parameters_hint(model, "--set")) from None
