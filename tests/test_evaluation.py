@@ -415,21 +415,25 @@ def test_held_out_records_say_what_data_was_used(trained, bar_data_root, tmp_pat
     assert f"- data: mnist test split, params {{}}, root {data['root']}, resize 16x16, data fingerprint " in out["markdown"]
 
 
-def patients_of(group_of: Callable[[torch.Tensor], torch.Tensor]):
-    """A dataset 'patients': USPS's images and labels, each image given a patient id `group_of(labels)`."""
+def usps_variant(change: Callable[[ImageSet], ImageSet]):
+    """A dataset adapter that loads USPS and returns `change(split)`: patients added, a class taken out, ..."""
     usps = registry.datasets.load("usps")
 
-    class Patients:
+    class Variant:
         Params = usps.Params
 
         def info(self, params):
             return usps.info(params)
 
         def load(self, root, split, params, download):
-            s = usps.load(root, split, params, download)
-            return ImageSet(s.images, s.labels, s.class_names, s.files, group_of(s.labels))
+            return change(usps.load(root, split, params, download))
 
-    return Patients()
+    return Variant()
+
+
+def patients_of(group_of: Callable[[torch.Tensor], torch.Tensor]):
+    """A dataset 'patients': USPS's images and labels, each image given a patient id `group_of(labels)`."""
+    return usps_variant(lambda s: ImageSet(s.images, s.labels, s.class_names, s.files, group_of(s.labels)))
 
 
 def test_split_all_scores_both_splits_and_files_read_in_training_are_flagged(trained, bar_data_root, tmp_path):
@@ -453,21 +457,13 @@ def test_split_all_scores_both_splits_and_files_read_in_training_are_flagged(tra
 
 def test_data_missing_a_class_says_what_the_averages_mean(trained, bar_data_root, tmp_path, monkeypatch):
     """A cohort without any image of a class: balanced accuracy over the rest is not a perfect score in disguise."""
-    usps = registry.datasets.load("usps")
-
-    class NoSevens:
-        Params = usps.Params
-
-        def info(self, params):
-            return usps.info(params)
-
-        def load(self, root, split, params, download):
-            s = usps.load(root, split, params, download)
-            keep = s.labels != 7
-            return ImageSet(s.images[keep], s.labels[keep], s.class_names, s.files, None)
+    def no_sevens(s: ImageSet) -> ImageSet:
+        keep = s.labels != 7
+        return ImageSet(s.images[keep], s.labels[keep], s.class_names, s.files, None)
 
     real_load = registry.datasets.load
-    monkeypatch.setattr(registry.datasets, "load", lambda name: NoSevens() if name == "no-sevens" else real_load(name))
+    monkeypatch.setattr(registry.datasets, "load",
+                        lambda name: usps_variant(no_sevens) if name == "no-sevens" else real_load(name))
     run = copy_runs(trained, tmp_path / "runs") / "single" / "seed-0"
     result = runner.invoke(app, ["eval", str(run), "--dataset", "no-sevens", "--root", str(bar_data_root), "--device", "cpu"])
     assert result.exit_code == 0, result.output
