@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import json
 import statistics
 import time
@@ -100,7 +101,9 @@ class _Timed(nn.Module):
 
 
 def _timed_call(f: Callable, times: list[float]) -> Callable:
-    """`f`, appending each call's seconds to `times`."""
+    """`f`, appending each call's seconds to `times` (its attributes copied: the LR scheduler looks for its own mark on
+    `optimizer.step`, and warns when it is gone)."""
+    @functools.wraps(f)
     def call(*args, **kwargs):
         start = time.perf_counter()
         out = f(*args, **kwargs)

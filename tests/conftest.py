@@ -87,6 +87,17 @@ def write_bar_data(root: Path) -> Path:
     return root
 
 
+@pytest.fixture
+def fake_datasets(monkeypatch):
+    """Register dataset adapters for one test: `fake_datasets(photos=Photos())` (a name may shadow a real one)."""
+    from jadekit import registry
+
+    fakes: dict[str, object] = {}
+    real_load = registry.datasets.load
+    monkeypatch.setattr(registry.datasets, "load", lambda name: fakes[name] if name in fakes else real_load(name))
+    return fakes.update
+
+
 @pytest.fixture(scope="session")
 def digit_writers() -> SimpleNamespace:
     """The writers of MNIST (`mnist(root, split, images, labels)`) and USPS (`usps(root, split, digits, values)`,

@@ -1,5 +1,5 @@
 """The benchmarks behind docs/results.md still run against the engine (on the real data; skipped without it):
-`throughput.py` and the protocol script whose commands the results record."""
+`throughput.py`, `protocol_floor.py` and the protocol script whose commands the results record."""
 
 from __future__ import annotations
 
@@ -33,6 +33,24 @@ def test_throughput_benchmark_runs_and_reports_every_ratio(tmp_path):
         assert 0 < timing["share_of_conv_peak"] < float("inf")
     assert report["eval"]["ratio"] > 0 and report["conv_peak_gflops"] > 0
     assert report["threads"] == 1  # --threads: both paths and the peak on one core, the protocol's setting
+
+
+def test_protocol_floor_prices_each_step_budget_from_the_models_flops(tmp_path):
+    """`benchmarks/protocol_floor.py` reads no data: FLOPs per step from the recipe's models, times steps and runs."""
+    out = tmp_path / "floor.json"
+    env = {k: v for k, v in os.environ.items() if k != "JADEKIT_DATA"}
+    result = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "protocol_floor.py"), "--steps", "1000", "3000",
+                             "--seeds", "2", "--budgets", "1", "--json", str(out)],
+                            capture_output=True, text=True, env=env, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    report = json.loads(out.read_text())
+    gflop = report["step_gflop"]
+    assert 0 < gflop["single"] < gflop["paired"] < gflop["jade"]  # jade adds two decoders to paired's two encoders
+    assert report["runs_per_method"] == 2
+    assert report["conv_peak_gflops"] >= report["conv_peak_all_threads"] > 0
+    floor = report["floor_minutes"]
+    assert floor["3000"] == pytest.approx(3 * floor["1000"])
+    assert floor["1000"] == pytest.approx(sum(gflop.values()) * 1000 * 2 / report["conv_peak_gflops"] / 60)
 
 
 @pytest.mark.parametrize("split_methods", ["0", "1"])

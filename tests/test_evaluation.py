@@ -159,7 +159,7 @@ def test_channel_mismatch_is_a_clear_error(trained):
     assert "fix: evaluate on 1-channel data" in result.output
 
 
-def test_channel_mismatch_suggests_the_datasets_own_conversion(trained, monkeypatch):
+def test_channel_mismatch_suggests_the_datasets_own_conversion(trained, fake_datasets):
     class Colour(BaseModel):
         channels: int = 3
 
@@ -169,21 +169,19 @@ def test_channel_mismatch_suggests_the_datasets_own_conversion(trained, monkeypa
         def info(self, params):
             return DatasetInfo(tuple(str(d) for d in range(10)), (params.channels, 16, 16))
 
-    real_load = registry.datasets.load
-    monkeypatch.setattr(registry.datasets, "load", lambda name: Photos() if name == "photos" else real_load(name))
+    fake_datasets(photos=Photos())
     result = runner.invoke(app, ["eval", str(trained / "single" / "seed-0"), "--dataset", "photos"])
     assert result.exit_code == 2 and "fix: pass --param channels=1" in result.output
 
 
-def test_class_mismatch_is_a_clear_error(trained, monkeypatch):
+def test_class_mismatch_is_a_clear_error(trained, fake_datasets):
     class Letters:
         Params = NoParams
 
         def info(self, params):
             return DatasetInfo(("a", "b"), (1, 16, 16))
 
-    real_load = registry.datasets.load
-    monkeypatch.setattr(registry.datasets, "load", lambda name: Letters() if name == "letters" else real_load(name))
+    fake_datasets(letters=Letters())
     result = runner.invoke(app, ["eval", str(trained / "single" / "seed-0"), "--dataset", "letters"])
     assert result.exit_code == 2
     assert "classes ['a', 'b']" in result.output and "classes must match" in result.output
@@ -455,15 +453,13 @@ def test_split_all_scores_both_splits_and_files_read_in_training_are_flagged(tra
     assert bad.exit_code == 2 and "--split all (both)" in " ".join(bad.output.split())
 
 
-def test_data_missing_a_class_says_what_the_averages_mean(trained, bar_data_root, tmp_path, monkeypatch):
+def test_data_missing_a_class_says_what_the_averages_mean(trained, bar_data_root, tmp_path, fake_datasets):
     """A cohort without any image of a class: balanced accuracy over the rest is not a perfect score in disguise."""
     def no_sevens(s: ImageSet) -> ImageSet:
         keep = s.labels != 7
         return ImageSet(s.images[keep], s.labels[keep], s.class_names, s.files, None)
 
-    real_load = registry.datasets.load
-    monkeypatch.setattr(registry.datasets, "load",
-                        lambda name: usps_variant(no_sevens) if name == "no-sevens" else real_load(name))
+    fake_datasets(**{"no-sevens": usps_variant(no_sevens)})
     run = copy_runs(trained, tmp_path / "runs") / "single" / "seed-0"
     result = runner.invoke(app, ["eval", str(run), "--dataset", "no-sevens", "--root", str(bar_data_root), "--device", "cpu"])
     assert result.exit_code == 0, result.output
@@ -474,16 +470,14 @@ def test_data_missing_a_class_says_what_the_averages_mean(trained, bar_data_root
 
 
 @pytest.mark.parametrize("mixed", [False, True])
-def test_data_with_patients_is_also_scored_one_prediction_per_patient(trained, bar_data_root, tmp_path, monkeypatch,
+def test_data_with_patients_is_also_scored_one_prediction_per_patient(trained, bar_data_root, tmp_path, fake_datasets,
                                                                       mixed):
     """A dataset with groups (patients) gets `per_group` metrics: one prediction per patient from the mean probability
     of its images, in each record and as a table in the summary; patients whose images differ in class have none."""
     def three_per_class(y):
         return torch.arange(len(y)) % 3 if mixed else y * 10 + torch.arange(len(y)) % 3
 
-    real_load = registry.datasets.load
-    monkeypatch.setattr(registry.datasets, "load",
-                        lambda name: patients_of(three_per_class) if name == "patients" else real_load(name))
+    fake_datasets(patients=patients_of(three_per_class))
     runs = copy_runs(trained, tmp_path / "runs")
     out = eval_json(str(runs), "--dataset", "patients", "--root", str(bar_data_root))
     run = next(r for r in out["records"] if r["method"] == "jade")["run_dir"]
@@ -630,7 +624,7 @@ def test_a_run_whose_data_root_came_from_the_environment_is_evaluated_on_that_da
 
 
 def test_the_dataset_a_run_trained_on_starts_from_the_runs_own_root_and_params(trained, bar_data_root, tmp_path,
-                                                                               monkeypatch):
+                                                                               monkeypatch, fake_datasets):
     """`--dataset` naming the dataset the encoder was trained on (say, another variant of it: `--param noise=80`) reads
     from the run's data root and starts from the recipe's params; another dataset starts from its own defaults."""
     from jadekit.evaluation import external_set, load_run
@@ -655,8 +649,7 @@ def test_the_dataset_a_run_trained_on_starts_from_the_runs_own_root_and_params(t
         def load(self, root, split, params, download):
             return usps.load(root, split, usps.Params(), download)
 
-    real_load = registry.datasets.load
-    monkeypatch.setattr(registry.datasets, "load", lambda name: Variants() if name in ("usps", "variants") else real_load(name))
+    fake_datasets(usps=Variants(), variants=Variants())
     loaded = load_run(run, overrides=["primary.params.shift=3", "primary.params.other=1"])
     assert external_set(loaded, "usps").params == Shift(shift=3, other=1)
     assert external_set(loaded, "usps", params=["shift=5"]).params == Shift(shift=5, other=1)
